@@ -1,0 +1,158 @@
+#include "cc/kernels/interleave_scheduler.h"
+
+#include <algorithm>
+#include <set>
+
+namespace tf_interleave {
+
+InterleaveScheduler::InterleaveScheduler(int64_t cycle_length,
+                                         int64_t block_length, bool sloppy)
+    : cycle_length_(cycle_length), block_length_(block_length), sloppy_(sloppy) {}
+
+bool InterleaveScheduler::MaybeStart() {
+  if (state_.started) return true;
+  if (sloppy_) {
+    // The cycle's length only matters for the order, which sloppy mode does
+    // not promise: start at once and fill slots as inputs arrive.
+    state_.cycle.assign(cycle_length_, kAwaitingSlot);
+  } else {
+    // Deterministic order needs the cycle's real length, which is shorter
+    // than cycle_length when the input is.
+    if (state_.inputs_known < cycle_length_ && !state_.input_ended) {
+      return false;
+    }
+    const int64_t length = std::min(cycle_length_, state_.inputs_known);
+    state_.cycle.resize(length);
+    for (int64_t i = 0; i < length; ++i) state_.cycle[i] = i;
+    state_.next_source = length;
+  }
+  state_.started = true;
+  return true;
+}
+
+bool InterleaveScheduler::RefillSlot(int64_t index) {
+  if (state_.next_source < state_.inputs_known) {
+    state_.cycle[index] = state_.next_source++;
+    return true;
+  }
+  if (state_.input_ended) state_.cycle[index] = kEmptySlot;
+  return false;
+}
+
+void InterleaveScheduler::FillAwaitingSlots() {
+  for (int64_t index = 0; index < static_cast<int64_t>(state_.cycle.size());
+       ++index) {
+    if (state_.cycle[index] == kAwaitingSlot) RefillSlot(index);
+  }
+}
+
+void InterleaveScheduler::AdvanceBlock(int64_t index) {
+  state_.next_index = index;
+  if (++state_.block_count == block_length_) {
+    state_.next_index = (index + 1) % state_.cycle.size();
+    state_.block_count = 0;
+  }
+}
+
+InterleaveScheduler::Decision InterleaveScheduler::Next(
+    const StateFn& source_state, std::vector<int64_t>* released) {
+  using Kind = Decision::Kind;
+  if (!MaybeStart()) return {Kind::kWaitForInput, -1};
+  if (sloppy_) FillAwaitingSlots();
+  std::vector<int64_t>& cycle = state_.cycle;
+  const int64_t length = cycle.size();
+  while (true) {
+    bool restart = false;
+    bool any_live = false;
+    bool skipped_pending = false;
+    for (int64_t i = 0; i < length && !restart; ++i) {
+      const int64_t index = (state_.next_index + i) % length;
+      const int64_t slot = cycle[index];
+      if (slot == kEmptySlot) continue;
+      if (slot >= 0) {
+        const SourceState state = source_state(slot);
+        if (state == SourceState::kReady) {
+          if (skipped_pending) ++state_.sloppy_skips;
+          AdvanceBlock(index);
+          return {Kind::kEmit, slot};
+        }
+        if (state == SourceState::kPending) {
+          if (!sloppy_) return {Kind::kWaitForSource, slot};
+          any_live = true;
+          skipped_pending = true;
+          continue;
+        }
+        // Finished: the slot goes to the next source, if there is one.
+        released->push_back(slot);
+        cycle[index] = kAwaitingSlot;
+      }
+      if (RefillSlot(index)) {
+        // A newly opened source joins at the end of the round.
+        state_.next_index = (index + 1) % length;
+        state_.block_count = 0;
+        restart = true;
+      } else if (cycle[index] == kAwaitingSlot) {
+        if (!sloppy_) return {Kind::kWaitForInput, -1};
+        any_live = true;
+      }
+      // Otherwise the slot is now empty and the current block goes on with
+      // the next slot that has elements (as the legacy op does).
+    }
+    if (restart) continue;
+    if (any_live) return {Kind::kWaitForAny, -1};
+    if (state_.input_ended && state_.next_source >= state_.inputs_known) {
+      return {Kind::kEndOfSequence, -1};
+    }
+    return {Kind::kWaitForInput, -1};
+  }
+}
+
+std::vector<int64_t> InterleaveScheduler::LiveSources() const {
+  std::vector<int64_t> sources;
+  for (int64_t slot : state_.cycle) {
+    if (slot >= 0) sources.push_back(slot);
+  }
+  return sources;
+}
+
+std::string InterleaveScheduler::Restore(const State& state) {
+  const int64_t length = state.cycle.size();
+  if (state.inputs_known < 0 || state.next_source < 0 ||
+      state.next_source > state.inputs_known) {
+    return "source counters out of range";
+  }
+  if (state.input_ended && state.next_source > state.inputs_known) {
+    return "more sources opened than inputs";
+  }
+  if (!state.started) {
+    if (length != 0 || state.next_source != 0) {
+      return "cycle set before the scheduler started";
+    }
+  } else if (length > cycle_length_ ||
+             (!sloppy_ && length < cycle_length_ && !state.input_ended)) {
+    return "cycle of " + std::to_string(length) +
+           " slots does not match cycle_length " +
+           std::to_string(cycle_length_);
+  }
+  if (state.block_count < 0 || state.block_count >= block_length_) {
+    return "block count " + std::to_string(state.block_count) +
+           " does not fit block_length " + std::to_string(block_length_);
+  }
+  if (state.next_index < 0 || (length > 0 && state.next_index >= length)) {
+    return "next index out of range";
+  }
+  std::set<int64_t> seen;
+  for (int64_t slot : state.cycle) {
+    if (slot >= 0) {
+      if (slot >= state.next_source || !seen.insert(slot).second) {
+        return "slot holds an unknown or repeated source";
+      }
+    } else if (slot != kEmptySlot && slot != kAwaitingSlot) {
+      return "slot holds an invalid value";
+    }
+  }
+  state_ = state;
+  return "";
+}
+
+}  // namespace tf_interleave

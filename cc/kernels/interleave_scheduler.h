@@ -1,0 +1,117 @@
+// The decision of which nested source emits the next element of a parallel
+// interleave. No threads, no TensorFlow types: the caller reports what it
+// knows (which inputs exist, what each source has buffered) and acts on the
+// returned decision.
+//
+// Sources are named by their input position: the nested dataset made from the
+// k-th input element is source k. Input elements are opened strictly in input
+// order, so "move the front of the staging queue into the slot" of the legacy
+// op is "put source `next_source_` into the slot"; staging itself is the range
+// [next_source_, inputs_known_).
+//
+// Invariants:
+//  1. Every slot of `cycle_` is a source id, kEmptySlot or kAwaitingSlot; a
+//     source id appears in at most one slot, and sources enter slots in
+//     increasing order (next_source_ only grows).
+//  2. A slot is kEmptySlot only once the input is known to have ended with no
+//     source left to open; it never becomes live again.
+//  3. In deterministic mode the decision depends only on the sequence of
+//     source states, never on when the caller learnt them.
+#ifndef TF_INTERLEAVE_CC_KERNELS_INTERLEAVE_SCHEDULER_H_
+#define TF_INTERLEAVE_CC_KERNELS_INTERLEAVE_SCHEDULER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace tf_interleave {
+
+// What a source can do right now, as seen by the consumer.
+enum class SourceState {
+  kReady,     // At least one element (or error) is buffered.
+  kPending,   // Nothing buffered yet, but the source has not ended.
+  kFinished,  // Ended and fully drained.
+};
+
+class InterleaveScheduler {
+ public:
+  static constexpr int64_t kEmptySlot = -1;
+  // The slot's source ended; whether another input will take its place is
+  // not known yet.
+  static constexpr int64_t kAwaitingSlot = -2;
+
+  struct Decision {
+    enum class Kind {
+      kEmit,           // Take the next buffered element of `source`.
+      kWaitForSource,  // Deterministic: wait until `source` changes state.
+      kWaitForInput,   // Wait until an input is opened or the input ends.
+      kWaitForAny,     // Sloppy: wait until any source or the input changes.
+      kEndOfSequence,
+    };
+    Kind kind = Kind::kEndOfSequence;
+    int64_t source = -1;
+  };
+
+  // Everything that determines future decisions, as plain data (for
+  // checkpoints and tests).
+  struct State {
+    bool started = false;
+    std::vector<int64_t> cycle;
+    int64_t next_index = 0;
+    int64_t block_count = 0;
+    int64_t next_source = 0;
+    int64_t inputs_known = 0;
+    bool input_ended = false;
+    int64_t sloppy_skips = 0;
+  };
+
+  using StateFn = std::function<SourceState(int64_t source)>;
+
+  // Requires cycle_length > 0 and block_length > 0.
+  InterleaveScheduler(int64_t cycle_length, int64_t block_length, bool sloppy);
+
+  // Source `inputs_known()` now exists (the next input element was pulled).
+  void OnInputOpened() { ++state_.inputs_known; }
+  // The input has no more elements.
+  void OnInputEnded() { state_.input_ended = true; }
+
+  // Decides what the consumer does next. `source_state` is asked about live
+  // sources only. Sources found finished are removed from the cycle and
+  // appended to `released`: the caller may drop them and reuse their
+  // resources.
+  Decision Next(const StateFn& source_state, std::vector<int64_t>* released);
+
+  const State& state() const { return state_; }
+  // Replaces the whole state (restoring a checkpoint). Returns an empty
+  // string when `state` is consistent with this scheduler's arguments,
+  // otherwise what is wrong with it (and leaves the state unchanged).
+  std::string Restore(const State& state);
+
+  int64_t cycle_length() const { return cycle_length_; }
+  int64_t block_length() const { return block_length_; }
+  bool sloppy() const { return sloppy_; }
+
+  // Sources currently in the cycle (not empty, not awaiting).
+  std::vector<int64_t> LiveSources() const;
+
+ private:
+  // Builds the cycle once enough of the input is known. Returns false when
+  // the caller must wait for the input.
+  bool MaybeStart();
+  // Sloppy mode: assigns known sources to awaiting slots, in slot order.
+  void FillAwaitingSlots();
+  // Moves `next_source` into slot `index` if one is known; empties the slot
+  // when the input has ended. Returns true when a source was placed.
+  bool RefillSlot(int64_t index);
+  void AdvanceBlock(int64_t index);
+
+  const int64_t cycle_length_;
+  const int64_t block_length_;
+  const bool sloppy_;
+  State state_;
+};
+
+}  // namespace tf_interleave
+
+#endif  // TF_INTERLEAVE_CC_KERNELS_INTERLEAVE_SCHEDULER_H_

@@ -1,0 +1,325 @@
+#include "cc/kernels/parallel_interleave_dataset_op.h"
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "cc/kernels/source_pool.h"
+#include "tensorflow/core/data/name_utils.h"
+#include "tensorflow/core/framework/dataset_options.pb.h"
+#include "tensorflow/core/framework/model.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/partial_tensor_shape.h"
+#include "tensorflow/core/platform/errors.h"
+#include "tensorflow/core/util/determinism.h"
+
+// The TensorFlow version the library is compiled against; the Python loader
+// reads it from the binary before loading it.
+#ifndef TF_INTERLEAVE_TF_VERSION
+#define TF_INTERLEAVE_TF_VERSION "unknown"
+#endif
+
+namespace tf_interleave {
+namespace {
+
+using ::tensorflow::AttrValue;
+using ::tensorflow::DataTypeVector;
+using ::tensorflow::Node;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::PartialTensorShape;
+using ::tensorflow::Tensor;
+using ::tensorflow::data::CapturedFunction;
+using ::tensorflow::data::DatasetBase;
+using ::tensorflow::data::DatasetContext;
+using ::tensorflow::data::DatasetIterator;
+using ::tensorflow::data::DeterminismPolicy;
+using ::tensorflow::data::FunctionMetadata;
+using ::tensorflow::data::InstantiatedCapturedFunction;
+using ::tensorflow::data::IteratorBase;
+using ::tensorflow::data::IteratorContext;
+using ::tensorflow::data::IteratorStateReader;
+using ::tensorflow::data::IteratorStateWriter;
+using ::tensorflow::data::SerializationContext;
+using ::tensorflow::data::TraceMeMetadata;
+
+// Searched for in the binary by the Python loader (see _loader.py).
+extern "C" {
+__attribute__((used)) const char kTfInterleaveBuildTag[] =
+    "TF_INTERLEAVE_BUILT_AGAINST_TF=" TF_INTERLEAVE_TF_VERSION;
+}
+
+// Whether the iterator may skip ahead of a source with nothing ready.
+// `default` follows the pipeline's `deterministic` option, which TensorFlow's
+// own `make_sloppy` rewrite does not apply to ops it does not know.
+bool ResolveSloppy(const DeterminismPolicy& policy, IteratorContext* ctx) {
+  if (tensorflow::OpDeterminismRequired()) return false;
+  if (policy.IsNondeterministic()) return true;
+  if (policy.IsDeterministic()) return false;
+  const tensorflow::data::Options* options = ctx->options();
+  return options != nullptr &&
+         options->optional_deterministic_case() ==
+             tensorflow::data::Options::kDeterministic &&
+         !options->deterministic();
+}
+
+}  // namespace
+
+class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
+ public:
+  Dataset(OpKernelContext* ctx, const DatasetBase* input,
+          std::unique_ptr<CapturedFunction> captured_func,
+          const SourcePoolOptions& arguments, DeterminismPolicy deterministic,
+          const DataTypeVector& output_types,
+          const std::vector<PartialTensorShape>& output_shapes)
+      : DatasetBase(DatasetContext(ctx)),
+        input_(input),
+        captured_func_(std::move(captured_func)),
+        arguments_(arguments),
+        deterministic_(deterministic),
+        output_types_(output_types),
+        output_shapes_(output_shapes),
+        traceme_metadata_(
+            {{"block_length", absl::StrCat(arguments.block_length)},
+             {"cycle_length", absl::StrCat(arguments.cycle_length)},
+             {"deterministic", deterministic.String()}}) {
+    input_->Ref();
+  }
+
+  ~Dataset() override { input_->Unref(); }
+
+  std::unique_ptr<IteratorBase> MakeIteratorInternal(
+      const std::string& prefix) const override {
+    return std::make_unique<Iterator>(Iterator::Params{
+        this, tensorflow::data::name_utils::IteratorPrefix(kDatasetType,
+                                                          prefix)});
+  }
+
+  const DataTypeVector& output_dtypes() const override {
+    return output_types_;
+  }
+  const std::vector<PartialTensorShape>& output_shapes() const override {
+    return output_shapes_;
+  }
+
+  std::string DebugString() const override {
+    return tensorflow::data::name_utils::DatasetDebugString(kDatasetType);
+  }
+
+  absl::Status InputDatasets(
+      std::vector<const DatasetBase*>* inputs) const override {
+    inputs->push_back(input_);
+    return absl::OkStatus();
+  }
+
+  absl::Status CheckExternalState() const override {
+    TF_RETURN_IF_ERROR(captured_func_->CheckExternalState());
+    return input_->CheckExternalState();
+  }
+
+ protected:
+  absl::Status AsGraphDefInternal(SerializationContext* ctx,
+                                  DatasetGraphDefBuilder* b,
+                                  Node** output) const override {
+    Node* input_node;
+    TF_RETURN_IF_ERROR(b->AddInputDataset(ctx, input_, &input_node));
+    Node* cycle_length_node;
+    TF_RETURN_IF_ERROR(b->AddScalar(arguments_.cycle_length, &cycle_length_node));
+    Node* block_length_node;
+    TF_RETURN_IF_ERROR(b->AddScalar(arguments_.block_length, &block_length_node));
+    Node* buffer_node;
+    TF_RETURN_IF_ERROR(
+        b->AddScalar(arguments_.buffer_output_elements, &buffer_node));
+    Node* prefetch_node;
+    TF_RETURN_IF_ERROR(
+        b->AddScalar(arguments_.prefetch_input_elements, &prefetch_node));
+    std::vector<Node*> other_arguments;
+    DataTypeVector other_arguments_types;
+    TF_RETURN_IF_ERROR(captured_func_->AddToGraph(ctx, b, &other_arguments,
+                                                  &other_arguments_types));
+    AttrValue func;
+    b->BuildAttrValue(captured_func_->func(), &func);
+    AttrValue deterministic;
+    b->BuildAttrValue(deterministic_.String(), &deterministic);
+    AttrValue other_arguments_types_attr;
+    b->BuildAttrValue(other_arguments_types, &other_arguments_types_attr);
+    return b->AddDataset(this,
+                         {{0, input_node},
+                          {2, cycle_length_node},
+                          {3, block_length_node},
+                          {4, buffer_node},
+                          {5, prefetch_node}},
+                         {{1, other_arguments}},
+                         {{kFunc, func},
+                          {kDeterministic, deterministic},
+                          {kTarguments, other_arguments_types_attr}},
+                         output);
+  }
+
+ private:
+  class Iterator : public DatasetIterator<Dataset> {
+   public:
+    explicit Iterator(const Params& params)
+        : DatasetIterator<Dataset>(params) {}
+
+    // The pool's seats use `input_impl_` and the instantiated function, so
+    // they are stopped and joined first.
+    ~Iterator() override { pool_.reset(); }
+
+    absl::Status Initialize(IteratorContext* ctx) override {
+      SourcePoolOptions options = dataset()->arguments_;
+      options.sloppy = ResolveSloppy(dataset()->deterministic_, ctx);
+      SourcePoolCallbacks callbacks;
+      callbacks.pull_input = [this](IteratorContext* ctx,
+                                    std::vector<Tensor>* element,
+                                    bool* end_of_input) {
+        return input_impl_->GetNext(ctx, element, end_of_input);
+      };
+      callbacks.open_source = [this](IteratorContext* ctx,
+                                     const std::vector<Tensor>& element,
+                                     int64_t source,
+                                     std::unique_ptr<IteratorBase>* iterator) {
+        return tensorflow::data::MakeIteratorFromInputElement(
+            ctx, this, element, source, *instantiated_captured_func_, prefix(),
+            iterator, model_node());
+      };
+      callbacks.record_start = [this](IteratorContext* ctx) {
+        RecordStart(ctx);
+      };
+      callbacks.record_stop = [this](IteratorContext* ctx) {
+        RecordStop(ctx);
+      };
+      pool_ = std::make_unique<SourcePool>(options, std::move(callbacks));
+      TF_RETURN_IF_ERROR(pool_->Initialize(ctx));
+
+      IteratorContext::Params params(ctx);
+      params.cancellation_manager = pool_->cancellation_manager();
+      IteratorContext input_ctx(std::move(params));
+      TF_RETURN_IF_ERROR(dataset()->input_->MakeIterator(
+          &input_ctx, this, prefix(), &input_impl_));
+      ctx->MergeCheckpoint(input_ctx.checkpoint());
+      return dataset()->captured_func_->Instantiate(
+          ctx, &instantiated_captured_func_);
+    }
+
+    absl::Status GetNextInternal(IteratorContext* ctx,
+                                 std::vector<Tensor>* out_tensors,
+                                 bool* end_of_sequence) override {
+      return pool_->GetNext(ctx, out_tensors, end_of_sequence);
+    }
+
+   protected:
+    std::shared_ptr<tensorflow::data::model::Node> CreateNode(
+        IteratorContext* ctx,
+        tensorflow::data::model::Node::Args args) const override {
+      return tensorflow::data::model::MakeAsyncInterleaveManyNode(
+          std::move(args), /*parameters=*/{});
+    }
+
+    absl::Status SaveInternal(SerializationContext* ctx,
+                              IteratorStateWriter* writer) override {
+      return absl::UnimplementedError(
+          "Saving the state of a tf_interleave.parallel_interleave iterator "
+          "is not supported yet.");
+    }
+
+    absl::Status RestoreInternal(IteratorContext* ctx,
+                                 IteratorStateReader* reader) override {
+      return absl::UnimplementedError(
+          "Restoring the state of a tf_interleave.parallel_interleave "
+          "iterator is not supported yet.");
+    }
+
+    TraceMeMetadata GetTraceMeMetadata() const override {
+      return dataset()->traceme_metadata_;
+    }
+
+   private:
+    std::unique_ptr<IteratorBase> input_impl_;
+    std::unique_ptr<InstantiatedCapturedFunction> instantiated_captured_func_;
+    std::unique_ptr<SourcePool> pool_;
+  };
+
+  const DatasetBase* const input_;
+  const std::unique_ptr<CapturedFunction> captured_func_;
+  // `sloppy` is resolved per iterator, from `deterministic_`.
+  const SourcePoolOptions arguments_;
+  const DeterminismPolicy deterministic_;
+  const DataTypeVector output_types_;
+  const std::vector<PartialTensorShape> output_shapes_;
+  const TraceMeMetadata traceme_metadata_;
+};
+
+ParallelInterleaveDatasetOp::ParallelInterleaveDatasetOp(
+    OpKernelConstruction* ctx)
+    : UnaryDatasetOpKernel(ctx) {
+  FunctionMetadata::Params params;
+  params.use_inter_op_parallelism = false;
+  OP_REQUIRES_OK(ctx,
+                 FunctionMetadata::Create(ctx, kFunc, params, &func_metadata_));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kOutputTypes, &output_types_));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kOutputShapes, &output_shapes_));
+  std::string deterministic;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kDeterministic, &deterministic));
+  OP_REQUIRES_OK(ctx, DeterminismPolicy::FromString(deterministic,
+                                                    &deterministic_));
+}
+
+void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,
+                                              DatasetBase* input,
+                                              DatasetBase** output) {
+  using tensorflow::data::ParseScalarArgument;
+  SourcePoolOptions arguments;
+  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kCycleLength,
+                                          &arguments.cycle_length));
+  OP_REQUIRES(ctx, arguments.cycle_length > 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`cycle_length` must be > 0, got ", arguments.cycle_length,
+                  ".")));
+  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kBlockLength,
+                                          &arguments.block_length));
+  OP_REQUIRES(ctx, arguments.block_length > 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`block_length` must be > 0, got ", arguments.block_length,
+                  ".")));
+  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kBufferOutputElements,
+                                          &arguments.buffer_output_elements));
+  OP_REQUIRES(ctx, arguments.buffer_output_elements > 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`buffer_output_elements` must be > 0, got ",
+                  arguments.buffer_output_elements, ".")));
+  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kPrefetchInputElements,
+                                          &arguments.prefetch_input_elements));
+  OP_REQUIRES(ctx, arguments.prefetch_input_elements >= 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`prefetch_input_elements` must be >= 0, got ",
+                  arguments.prefetch_input_elements, ".")));
+  OP_REQUIRES(
+      ctx,
+      arguments.cycle_length <= kMaxSeats &&
+          arguments.prefetch_input_elements <=
+              kMaxSeats - arguments.cycle_length,
+      absl::InvalidArgumentError(absl::StrCat(
+          "`cycle_length` + `prefetch_input_elements` must be at most ",
+          kMaxSeats, " (one worker thread each), got cycle_length=",
+          arguments.cycle_length, " and prefetch_input_elements=",
+          arguments.prefetch_input_elements, ".")));
+
+  std::unique_ptr<CapturedFunction> captured_func;
+  OP_REQUIRES_OK(ctx, CapturedFunction::Create(ctx, func_metadata_,
+                                               kOtherArguments,
+                                               &captured_func));
+  auto dataset = std::make_unique<Dataset>(
+      ctx, input, std::move(captured_func), arguments, deterministic_,
+      output_types_, output_shapes_);
+  // The framework takes the dataset's reference.
+  *output = dataset.release();
+}
+
+namespace {
+REGISTER_KERNEL_BUILDER(
+    Name(ParallelInterleaveDatasetOp::kOpName).Device(tensorflow::DEVICE_CPU),
+    ParallelInterleaveDatasetOp);
+}  // namespace
+
+}  // namespace tf_interleave

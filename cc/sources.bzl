@@ -1,0 +1,34 @@
+"""The one list of sources and flags for the op library.
+
+Read by Bazel (`BUILD` loads it) and by `setup.py` (which evaluates this file as
+Python), so that both builds compile exactly the same code the same way.
+"""
+
+# Sources of `_tf_interleave_ops.so`.
+OP_LIBRARY_SRCS = [
+    "cc/kernels/interleave_scheduler.cc",
+    "cc/kernels/source_pool.cc",
+    "cc/kernels/parallel_interleave_dataset_op.cc",
+    "cc/ops/parallel_interleave_ops.cc",
+]
+
+# Headers of `_tf_interleave_ops.so`.
+OP_LIBRARY_HDRS = [
+    "cc/kernels/interleave_scheduler.h",
+    "cc/kernels/source_pool.h",
+    "cc/kernels/parallel_interleave_dataset_op.h",
+]
+
+# Compiler options added to TensorFlow's own `tf.sysconfig` flags. `-w`: the
+# TensorFlow headers warn a lot and our code is checked by the tests instead.
+OP_LIBRARY_COPTS = [
+    "-O2",
+    "-fPIC",
+    "-w",
+]
+
+# The thread-free scheduler builds on its own (no TensorFlow), for unit tests
+# and for the Python binding used by property tests.
+SCHEDULER_SRCS = [
+    "cc/kernels/interleave_scheduler.cc",
+]

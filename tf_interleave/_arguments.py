@@ -1,0 +1,107 @@
+"""Checks and converts the numeric arguments of `parallel_interleave`.
+
+Python integers are checked here, so a bad value fails at `Dataset.apply` in
+every mode. Tensors are checked by the kernel when the dataset is made (at
+`apply` in eager mode, when the iterator is created in graph mode); both give
+`tf.errors.InvalidArgumentError` naming the argument and the value.
+"""
+
+import numbers
+from typing import Union
+
+import numpy as np
+import tensorflow as tf
+
+IntArgument = Union[int, tf.Tensor, tf.Variable]
+
+_INT64_MAX = np.iinfo(np.int64).max
+# Same bound as the kernel's: one worker thread per interleaved or prefetched
+# input.
+MAX_SEATS = 4096
+
+
+def _invalid(message: str) -> tf.errors.InvalidArgumentError:
+  return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def is_python_int(value) -> bool:
+  """True for Python and NumPy integers (not bools)."""
+  return (isinstance(value, numbers.Integral) and
+          not isinstance(value, (bool, np.bool_)))
+
+
+def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
+  """Converts an integer argument to a scalar int64 tensor.
+
+  Args:
+    name: The argument's name, for error messages.
+    value: A Python or NumPy integer, or an integer scalar tensor.
+    minimum: The smallest allowed value (checked now for Python integers).
+
+  Returns:
+    A scalar `tf.int64` tensor.
+
+  Raises:
+    tf.errors.InvalidArgumentError: If a Python integer is out of range, or a
+      tensor is not a scalar.
+    TypeError: If `value` is not an integer.
+  """
+  if is_python_int(value):
+    value = int(value)
+    if value < minimum:
+      relation = "> 0" if minimum == 1 else f">= {minimum}"
+      raise _invalid(f"`{name}` must be {relation}, got {value}.")
+    if value > _INT64_MAX:
+      raise _invalid(f"`{name}` must fit in int64, got {value}.")
+    return tf.constant(value, dtype=tf.int64, name=name)
+  if isinstance(value, (tf.Tensor, tf.Variable)) or tf.is_tensor(value):
+    tensor = tf.convert_to_tensor(value)
+    if not tensor.dtype.is_integer:
+      raise TypeError(f"`{name}` must be an integer, got a {tensor.dtype.name} "
+                      f"tensor: {value!r}.")
+    if tensor.shape.rank is not None and tensor.shape.rank != 0:
+      raise _invalid(f"`{name}` must be a scalar, got a tensor of shape "
+                     f"{tensor.shape}.")
+    return tf.cast(tensor, tf.int64, name=name)
+  raise TypeError(f"`{name}` must be an integer or an integer scalar tensor, "
+                  f"got {type(value).__name__}: {value!r}.")
+
+
+def doubled(name: str, value: IntArgument) -> IntArgument:
+  """Returns `2 * value`, as a tensor when `value` is one (legacy defaults)."""
+  if is_python_int(value):
+    return 2 * int(value)
+  return 2 * to_int64(name, value, 1)
+
+
+def check_seats(cycle_length: IntArgument,
+                prefetch_input_elements: IntArgument) -> None:
+  """Rejects more worker threads than the kernel accepts (Python ints only)."""
+  if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
+    if cycle_length + prefetch_input_elements > MAX_SEATS:
+      raise _invalid(
+          f"`cycle_length` + `prefetch_input_elements` must be at most "
+          f"{MAX_SEATS} (one worker thread each), got cycle_length="
+          f"{cycle_length} and prefetch_input_elements="
+          f"{prefetch_input_elements}.")
+
+
+def deterministic_attr(sloppy) -> str:
+  """Maps `sloppy` to the op's `deterministic` attr.
+
+  Args:
+    sloppy: True, False, or None (decided by the pipeline's options).
+
+  Returns:
+    "false", "true" or "default".
+
+  Raises:
+    TypeError: If `sloppy` is not a bool or None.
+  """
+  if sloppy is None:
+    return "default"
+  if isinstance(sloppy, (bool, np.bool_)):
+    return "false" if sloppy else "true"
+  raise TypeError(
+      f"`sloppy` must be True, False or None, got {type(sloppy).__name__}: "
+      f"{sloppy!r}.")
