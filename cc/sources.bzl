@@ -6,6 +6,7 @@ Python), so that both builds compile exactly the same code the same way.
 
 # Sources of `_tf_interleave_ops.so`.
 OP_LIBRARY_SRCS = [
+    "cc/kernels/checkpoint_io.cc",
     "cc/kernels/interleave_scheduler.cc",
     "cc/kernels/source_pool.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
@@ -14,6 +15,8 @@ OP_LIBRARY_SRCS = [
 
 # Headers of `_tf_interleave_ops.so`.
 OP_LIBRARY_HDRS = [
+    "cc/kernels/buffered_element.h",
+    "cc/kernels/checkpoint_io.h",
     "cc/kernels/interleave_scheduler.h",
     "cc/kernels/source_pool.h",
     "cc/kernels/parallel_interleave_dataset_op.h",

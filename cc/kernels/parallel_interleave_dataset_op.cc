@@ -183,6 +183,16 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
             ctx, this, element, source, *instantiated_captured_func_, prefix(),
             iterator, model_node());
       };
+      callbacks.save_iterator = [this](SerializationContext* ctx,
+                                       IteratorStateWriter* writer,
+                                       const std::unique_ptr<IteratorBase>& iterator) {
+        return SaveInput(ctx, writer, iterator);
+      };
+      callbacks.restore_iterator = [this](IteratorContext* ctx,
+                                          IteratorStateReader* reader,
+                                          const std::unique_ptr<IteratorBase>& iterator) {
+        return RestoreInput(ctx, reader, iterator);
+      };
       callbacks.record_start = [this](IteratorContext* ctx) {
         RecordStart(ctx);
       };
@@ -218,16 +228,12 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
 
     absl::Status SaveInternal(SerializationContext* ctx,
                               IteratorStateWriter* writer) override {
-      return absl::UnimplementedError(
-          "Saving the state of a tf_interleave.parallel_interleave iterator "
-          "is not supported yet.");
+      return pool_->Save(ctx, writer, prefix(), input_impl_);
     }
 
     absl::Status RestoreInternal(IteratorContext* ctx,
                                  IteratorStateReader* reader) override {
-      return absl::UnimplementedError(
-          "Restoring the state of a tf_interleave.parallel_interleave "
-          "iterator is not supported yet.");
+      return pool_->Restore(ctx, reader, prefix(), input_impl_);
     }
 
     TraceMeMetadata GetTraceMeMetadata() const override {

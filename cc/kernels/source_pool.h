@@ -13,6 +13,8 @@
 //  - Seats start lazily, one more each time an input element is pulled, so
 //    a short input never starts threads it cannot use. A seat thread exits
 //    once the input has ended and its last source is drained.
+//  - `Save` pauses the seats: none starts a call into TensorFlow while a
+//    pause is requested, and `Save` waits until the calls under way end.
 //
 // Invariants (under `mu_`):
 //  1. A source is held by exactly one seat from the moment its input element
@@ -22,15 +24,20 @@
 //     elements are buffered in all.
 //  3. After `cancelled_` is set no seat starts a new thread or a new call
 //     into TensorFlow, and every wait ends.
+//  4. A seat's `iterator` and `input_element` are touched by its own thread
+//     only while it counts in `active_calls_`, and by `Save` only when
+//     `active_calls_` is zero and a pause is requested.
 #ifndef TF_INTERLEAVE_CC_KERNELS_SOURCE_POOL_H_
 #define TF_INTERLEAVE_CC_KERNELS_SOURCE_POOL_H_
 
 #include <deque>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "cc/kernels/buffered_element.h"
 #include "cc/kernels/interleave_scheduler.h"
 #include "tensorflow/core/framework/cancellation.h"
 #include "tensorflow/core/framework/dataset.h"
@@ -50,25 +57,41 @@ struct SourcePoolOptions {
 
 // What the pool needs from the dataset it serves.
 struct SourcePoolCallbacks {
+  using Context = tensorflow::data::IteratorContext;
+  using Iterator = tensorflow::data::IteratorBase;
+  using Element = std::vector<tensorflow::Tensor>;
+
   // Pulls the next input element. Never called concurrently.
-  std::function<absl::Status(tensorflow::data::IteratorContext* ctx,
-                             std::vector<tensorflow::Tensor>* element,
+  std::function<absl::Status(Context* ctx, Element* element,
                              bool* end_of_input)>
       pull_input;
   // Runs `map_func` on an input element and makes its iterator.
-  std::function<absl::Status(
-      tensorflow::data::IteratorContext* ctx,
-      const std::vector<tensorflow::Tensor>& element, int64_t source,
-      std::unique_ptr<tensorflow::data::IteratorBase>* iterator)>
+  std::function<absl::Status(Context* ctx, const Element& element,
+                             int64_t source,
+                             std::unique_ptr<Iterator>* iterator)>
       open_source;
+  // Saves the input iterator and a nested iterator (checkpoints).
+  std::function<absl::Status(tensorflow::data::SerializationContext* ctx,
+                             tensorflow::data::IteratorStateWriter* writer,
+                             const std::unique_ptr<Iterator>& iterator)>
+      save_iterator;
+  std::function<absl::Status(Context* ctx,
+                             tensorflow::data::IteratorStateReader* reader,
+                             const std::unique_ptr<Iterator>& iterator)>
+      restore_iterator;
   // Autotune bookkeeping: a thread of the dataset starts / stops working.
-  std::function<void(tensorflow::data::IteratorContext* ctx)> record_start;
-  std::function<void(tensorflow::data::IteratorContext* ctx)> record_stop;
+  std::function<void(Context* ctx)> record_start;
+  std::function<void(Context* ctx)> record_stop;
 };
 
 class SourcePool {
  public:
   SourcePool(const SourcePoolOptions& options, SourcePoolCallbacks callbacks);
+  // Cancels, wakes every waiter and joins every seat thread.
+  ~SourcePool();
+
+  SourcePool(const SourcePool&) = delete;
+  SourcePool& operator=(const SourcePool&) = delete;
 
   // Links the pool's cancellation to the iterator's. Call once, from the
   // iterator's `Initialize`, before making the input iterator with
@@ -77,11 +100,6 @@ class SourcePool {
   tensorflow::CancellationManager* cancellation_manager() const {
     return cancellation_manager_.get();
   }
-  // Cancels, wakes every waiter and joins every seat thread.
-  ~SourcePool();
-
-  SourcePool(const SourcePool&) = delete;
-  SourcePool& operator=(const SourcePool&) = delete;
 
   // Returns the next element in the scheduler's order, or the error that
   // sits at that position.
@@ -89,24 +107,34 @@ class SourcePool {
                        std::vector<tensorflow::Tensor>* out_tensors,
                        bool* end_of_sequence) TF_LOCKS_EXCLUDED(mu_);
 
+  // Writes the whole state (scheduler, buffered elements, open nested
+  // iterators, the input iterator `input`) under `name`.
+  absl::Status Save(tensorflow::data::SerializationContext* ctx,
+                    tensorflow::data::IteratorStateWriter* writer,
+                    const std::string& name,
+                    const std::unique_ptr<tensorflow::data::IteratorBase>& input)
+      TF_LOCKS_EXCLUDED(mu_);
+  // Reads a state written by `Save` into a pool that has not started.
+  absl::Status Restore(tensorflow::data::IteratorContext* ctx,
+                       tensorflow::data::IteratorStateReader* reader,
+                       const std::string& name,
+                       const std::unique_ptr<tensorflow::data::IteratorBase>& input)
+      TF_LOCKS_EXCLUDED(mu_);
+
   // Stops every seat and makes pending and future `GetNext` calls return
   // `Cancelled`. Safe to call more than once, from any thread.
   void Cancel() TF_LOCKS_EXCLUDED(mu_);
 
-  int64_t num_seats() const { return num_seats_; }
-
  private:
-  struct Element {
-    absl::Status status;
-    std::vector<tensorflow::Tensor> tensors;
-  };
-
   struct Seat {
-    int64_t source = -1;       // The source this seat holds, or -1.
+    int64_t source = -1;        // The source this seat holds, or -1.
     bool source_ended = false;  // The source will add nothing more.
     bool released = false;      // The scheduler is done with the source.
     bool waiting = false;       // The seat thread waits on `cond_var`.
-    std::deque<Element> buffer;
+    std::deque<BufferedElement> buffer;
+    // See invariant 4.
+    std::vector<tensorflow::Tensor> input_element;
+    std::unique_ptr<tensorflow::data::IteratorBase> iterator;
     tensorflow::condition_variable cond_var;
     std::unique_ptr<tensorflow::Thread> thread;
   };
@@ -116,25 +144,33 @@ class SourcePool {
 
   absl::Status EnsureStarted(tensorflow::data::IteratorContext* ctx)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void StartSeat(int64_t seat_index) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SeatThread(int64_t seat_index) TF_LOCKS_EXCLUDED(mu_);
-  // Pulls the next input element for a seat. Returns false when the seat
-  // should exit (input ended or cancelled).
-  bool AcquireSource(Seat* seat, int64_t seat_index,
-                     std::vector<tensorflow::Tensor>* element,
-                     absl::Status* input_status) TF_LOCKS_EXCLUDED(mu_);
-  // Runs one source to its end, filling the seat's buffer.
-  void RunSource(Seat* seat, const std::vector<tensorflow::Tensor>& element,
-                 const absl::Status& input_status) TF_LOCKS_EXCLUDED(mu_);
-  // Blocks until the buffer has room; false when cancelled.
-  bool WaitForRoom(Seat* seat, tensorflow::mutex_lock& lock)
+  Seat* AddSeat() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StartSeatThread(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SeatThread(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  // Pulls the next input element and opens its source on `seat`. Returns
+  // false when the seat should exit (input ended or cancelled).
+  bool AcquireSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  // Fills the seat's buffer from its source until the source ends.
+  void RunSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  // Marks the seat's source ended and drops its iterator.
+  void EndSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  // Blocks while a pause is requested (or the buffer is full, when
+  // `need_room`), then counts the caller in `active_calls_`. False when
+  // cancelled.
+  bool BeginCall(Seat* seat, tensorflow::mutex_lock& lock, bool need_room)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Push(Seat* seat, Element element) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EndCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Push(Seat* seat, BufferedElement element)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   SourceState StateOf(int64_t source) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseSource(int64_t source) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeConsumer(ConsumerWait reason, int64_t source)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CheckArguments(int64_t cycle_length, int64_t block_length,
+                              int64_t buffer_output_elements,
+                              int64_t prefetch_input_elements,
+                              int64_t sloppy) const;
 
   const SourcePoolOptions options_;
   const SourcePoolCallbacks callbacks_;
@@ -145,13 +181,16 @@ class SourcePool {
 
   tensorflow::mutex mu_;
   tensorflow::condition_variable consumer_cond_var_;
+  // Signalled when `active_calls_` drops to zero during a pause.
+  tensorflow::condition_variable pause_cond_var_;
   InterleaveScheduler scheduler_ TF_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Seat>> seats_ TF_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, Seat*> seat_of_source_ TF_GUARDED_BY(mu_);
-  int64_t seats_started_ TF_GUARDED_BY(mu_) = 0;
   int64_t sources_pulled_ TF_GUARDED_BY(mu_) = 0;
   bool input_ended_ TF_GUARDED_BY(mu_) = false;
   bool cancelled_ TF_GUARDED_BY(mu_) = false;
+  int64_t active_calls_ TF_GUARDED_BY(mu_) = 0;
+  int64_t pause_requests_ TF_GUARDED_BY(mu_) = 0;
   ConsumerWait consumer_wait_ TF_GUARDED_BY(mu_) = ConsumerWait::kNone;
   int64_t consumer_wait_source_ TF_GUARDED_BY(mu_) = -1;
   std::vector<int64_t> released_ TF_GUARDED_BY(mu_);
