@@ -7,11 +7,18 @@
 #include "absl/strings/str_cat.h"
 #include "cc/kernels/checkpoint_io.h"
 #include "tensorflow/core/lib/gtl/cleanup.h"
+#include "tensorflow/core/platform/env_time.h"
 #include "tensorflow/core/platform/errors.h"
 #include "tensorflow/core/profiler/lib/traceme.h"
 #include "tensorflow/core/profiler/lib/traceme_encode.h"
 
 namespace tf_interleave {
+namespace {
+
+// Producing an element faster than this marks a source as fast.
+constexpr int64_t kFastSourceNanos = 50 * 1000;
+
+}  // namespace
 
 using ::tensorflow::CancellationManager;
 using ::tensorflow::mutex_lock;
@@ -209,6 +216,7 @@ void SourcePool::RunSource(Seat* seat) {
     }
     BufferedElement next;
     bool end_of_source = false;
+    const int64_t start_nanos = tensorflow::EnvTime::NowNanos();
     {
       TraceMe trace([source]() {
         return TraceMeEncode("TfInterleaveSeat::GetNext", {{"source", source}});
@@ -216,9 +224,11 @@ void SourcePool::RunSource(Seat* seat) {
       next.status =
           seat->iterator->GetNext(ctx, &next.tensors, &end_of_source);
     }
+    const int64_t elapsed_nanos = tensorflow::EnvTime::NowNanos() - start_nanos;
     mutex_lock l(mu_);
     EndCall();
     if (cancelled_) return;
+    seat->fast = elapsed_nanos < kFastSourceNanos;
     if (next.status.ok() && end_of_source) break;
     // After an error the source goes on, as the legacy op does: the caller
     // decides whether to keep reading.
@@ -240,6 +250,17 @@ void SourcePool::EndSource(Seat* seat) {
   iterator.reset();
 }
 
+int64_t SourcePool::RefillThreshold(const Seat& seat) const {
+  return seat.fast ? 0 : options_.buffer_output_elements - 1;
+}
+
+void SourcePool::WakeSeat(Seat* seat) {
+  if (seat->waiting) {
+    seat->waiting = false;
+    seat->cond_var.notify_one();
+  }
+}
+
 void SourcePool::Push(Seat* seat, BufferedElement element) {
   seat->buffer.push_back(std::move(element));
   WakeConsumer(ConsumerWait::kSource, seat->source);
@@ -256,7 +277,7 @@ void SourcePool::ReleaseSource(int64_t source) {
   Seat* seat = it->second;
   seat_of_source_.erase(it);
   seat->released = true;
-  if (seat->waiting) seat->cond_var.notify_one();
+  WakeSeat(seat);
 }
 
 void SourcePool::WakeConsumer(ConsumerWait reason, int64_t source) {
@@ -274,7 +295,10 @@ void SourcePool::WakeConsumer(ConsumerWait reason, int64_t source) {
       wake = reason == ConsumerWait::kSource && source == consumer_wait_source_;
       break;
   }
-  if (wake) consumer_cond_var_.notify_one();
+  if (wake) {
+    consumer_wait_ = ConsumerWait::kNone;
+    consumer_cond_var_.notify_one();
+  }
 }
 
 absl::Status SourcePool::GetNext(IteratorContext* ctx,
@@ -300,7 +324,10 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         Seat* seat = seat_of_source_.at(decision.source);
         BufferedElement element = std::move(seat->buffer.front());
         seat->buffer.pop_front();
-        if (seat->waiting) seat->cond_var.notify_one();
+        if (static_cast<int64_t>(seat->buffer.size()) <=
+            RefillThreshold(*seat)) {
+          WakeSeat(seat);
+        }
         *out_tensors = std::move(element.tensors);
         *end_of_sequence = false;
         return element.status;

@@ -131,6 +131,9 @@ class SourcePool {
     bool source_ended = false;  // The source will add nothing more.
     bool released = false;      // The scheduler is done with the source.
     bool waiting = false;       // The seat thread waits on `cond_var`.
+    // The last element took less than kFastSourceNanos to produce: refill
+    // in batches (see `RefillThreshold`).
+    bool fast = false;
     std::deque<BufferedElement> buffer;
     // See invariant 4.
     std::vector<tensorflow::Tensor> input_element;
@@ -162,6 +165,15 @@ class SourcePool {
   void EndCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Push(Seat* seat, BufferedElement element)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The consumer wakes a worker waiting for room once its buffer holds at
+  // most this many elements. A fast source is refilled only when empty, so
+  // each wake-up yields a whole buffer instead of one element (wake-ups, not
+  // the elements, dominate the cost of tiny elements); a slow source is
+  // woken as soon as there is room, so its latency stays hidden.
+  int64_t RefillThreshold(const Seat& seat) const;
+  // Wakes the seat's thread if it waits; each wait needs one notification.
+  void WakeSeat(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   SourceState StateOf(int64_t source) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseSource(int64_t source) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
