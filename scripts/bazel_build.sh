@@ -11,13 +11,15 @@
 #
 # Environment:
 #   PYTHON_BIN_PATH   Python with TensorFlow (default: $VIRTUAL_ENV/bin/python,
-#                     else python3 on PATH)
+#                     else ${TF_INTERLEAVE_VENV:-.venv}/bin/python, else python3)
 #   BAZEL             Bazel binary to use (default: bazel-4, bazel-4.2.3,
 #                     bazelisk, bazel; first found)
 #   BAZEL_JOBS        parallel jobs (default 2)
 #   BAZEL_OUTPUT_USER_ROOT  Bazel's output/cache dir
 #                     (default ${XDG_CACHE_HOME:-$HOME/.cache}/tf_interleave_bazel)
-#   Extra arguments are passed to `bazel build`.
+#   CI                when set (as in CI), the Bazel server is shut down after
+#                     the build to give its memory back to the tests.
+#   Extra arguments are passed to `bazel build` (options only, not targets).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,8 +67,11 @@ else
 fi
 
 if [[ -z "${PYTHON_BIN_PATH:-}" ]]; then
+  project_venv="${TF_INTERLEAVE_VENV:-$REPO_ROOT/.venv}"  # scripts/setup_env.sh's
   if [[ -n "${VIRTUAL_ENV:-}" && -x "${VIRTUAL_ENV}/bin/python" ]]; then
     PYTHON_BIN_PATH="${VIRTUAL_ENV}/bin/python"
+  elif [[ -x "$project_venv/bin/python" ]]; then
+    PYTHON_BIN_PATH="$project_venv/bin/python"
   else
     PYTHON_BIN_PATH="$(command -v python3 || true)"
   fi
@@ -82,7 +87,7 @@ log "bazel: $BAZEL_BIN; python: $PYTHON_BIN_PATH"
 OUTPUT_USER_ROOT="${BAZEL_OUTPUT_USER_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/tf_interleave_bazel}"
 mkdir -p "$OUTPUT_USER_ROOT"
 
-# The server exits by itself after 10 idle minutes, so CI leaves nothing behind.
+# The server exits by itself after 10 idle minutes.
 STARTUP=(--output_user_root="$OUTPUT_USER_ROOT" --max_idle_secs=600)
 FLAGS=()
 if [[ ! -t 2 ]]; then
@@ -94,6 +99,9 @@ cd "$REPO_ROOT"
   "$@" "$TARGET" >&2
 
 BIN_DIR="$("$BAZEL_BIN" "${STARTUP[@]}" info "${FLAGS[@]}" "$@" bazel-bin 2>/dev/null)"
+if [[ -n "${CI:-}" ]]; then
+  "$BAZEL_BIN" "${STARTUP[@]}" shutdown >&2 || true
+fi
 SO_PATH="$BIN_DIR/$SO_RELPATH"
 if [[ ! -f "$SO_PATH" ]]; then
   log "build succeeded but $SO_PATH is missing"
