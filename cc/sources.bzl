@@ -8,6 +8,7 @@ Python), so that both builds compile exactly the same code the same way.
 OP_LIBRARY_SRCS = [
     "cc/kernels/checkpoint_io.cc",
     "cc/kernels/interleave_scheduler.cc",
+    "cc/kernels/interleave_stats.cc",
     "cc/kernels/source_pool.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
     "cc/ops/parallel_interleave_ops.cc",
@@ -18,6 +19,7 @@ OP_LIBRARY_HDRS = [
     "cc/kernels/buffered_element.h",
     "cc/kernels/checkpoint_io.h",
     "cc/kernels/interleave_scheduler.h",
+    "cc/kernels/interleave_stats.h",
     "cc/kernels/source_pool.h",
     "cc/kernels/parallel_interleave_dataset_op.h",
 ]

@@ -15,7 +15,10 @@ workers, a loaded SavedModel) must import it too.
 from tf_interleave._loader import library_path
 from tf_interleave.dataset import ParallelInterleaveDataset
 from tf_interleave.interleave import parallel_interleave
+from tf_interleave.stats import stats
 
 __version__ = "0.1.0"
 
-__all__ = ["ParallelInterleaveDataset", "library_path", "parallel_interleave"]
+__all__ = [
+    "ParallelInterleaveDataset", "library_path", "parallel_interleave", "stats"
+]

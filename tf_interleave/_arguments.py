@@ -7,7 +7,7 @@ every mode. Tensors are checked by the kernel when the dataset is made (at
 """
 
 import numbers
-from typing import Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import tensorflow as tf
@@ -84,6 +84,63 @@ def check_seats(cycle_length: IntArgument,
           f"{MAX_SEATS} (one worker thread each), got cycle_length="
           f"{cycle_length} and prefetch_input_elements="
           f"{prefetch_input_elements}.")
+
+
+def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
+                    input_retries: int, memory_budget_bytes: Optional[int],
+                    stall_warning_seconds: Optional[float]) -> Dict[str, Any]:
+  """Checks the keyword-only extensions and maps them to the op's attrs.
+
+  Raises:
+    tf.errors.InvalidArgumentError: If a value is out of range.
+    TypeError: If a value has the wrong type.
+  """
+  if not isinstance(on_input_error, str):
+    raise TypeError(f"`on_input_error` must be \"raise\" or \"skip\", got "
+                    f"{type(on_input_error).__name__}: {on_input_error!r}.")
+  if on_input_error not in ("raise", "skip"):
+    raise _invalid(f"`on_input_error` must be \"raise\" or \"skip\", got "
+                   f"{on_input_error!r}.")
+
+  def optional_int(name: str, value, minimum: int, unset: int) -> int:
+    if value is None:
+      return unset
+    if not is_python_int(value):
+      raise TypeError(f"`{name}` must be an int or None, got "
+                      f"{type(value).__name__}: {value!r}.")
+    if value < minimum or value > _INT64_MAX:
+      raise _invalid(f"`{name}` must be >= {minimum}, got {value}.")
+    return int(value)
+
+  max_skipped = optional_int("max_skipped_inputs", max_skipped_inputs, 0, -1)
+  if max_skipped_inputs is not None and on_input_error != "skip":
+    raise _invalid("`max_skipped_inputs` only applies with "
+                   f"on_input_error=\"skip\", got on_input_error="
+                   f"{on_input_error!r} and max_skipped_inputs="
+                   f"{max_skipped_inputs}.")
+  if input_retries is None:
+    input_retries = 0
+  retries = optional_int("input_retries", input_retries, 0, 0)
+  budget = optional_int("memory_budget_bytes", memory_budget_bytes, 1, 0)
+  if stall_warning_seconds is None:
+    stall = 0.0
+  else:
+    if (isinstance(stall_warning_seconds, (bool, np.bool_)) or
+        not isinstance(stall_warning_seconds, numbers.Real)):
+      raise TypeError("`stall_warning_seconds` must be a number or None, got "
+                      f"{type(stall_warning_seconds).__name__}: "
+                      f"{stall_warning_seconds!r}.")
+    stall = float(stall_warning_seconds)
+    if not stall > 0 or not np.isfinite(stall):
+      raise _invalid("`stall_warning_seconds` must be > 0, got "
+                     f"{stall_warning_seconds!r}.")
+  return {
+      "on_input_error": on_input_error,
+      "max_skipped_inputs": max_skipped,
+      "input_retries": retries,
+      "memory_budget_bytes": budget,
+      "stall_warning_seconds": stall,
+  }
 
 
 def deterministic_attr(sloppy) -> str:

@@ -37,7 +37,13 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
                sloppy: Optional[bool] = False,
                buffer_output_elements: Optional[_arguments.IntArgument] = None,
                prefetch_input_elements: Optional[_arguments.IntArgument] = None,
-               name: Optional[str] = None):
+               name: Optional[str] = None,
+               *,
+               on_input_error: str = "raise",
+               max_skipped_inputs: Optional[int] = None,
+               input_retries: int = 0,
+               memory_budget_bytes: Optional[int] = None,
+               stall_warning_seconds: Optional[float] = None):
     if buffer_output_elements is None:
       buffer_output_elements = _arguments.doubled("block_length", block_length)
     if prefetch_input_elements is None:
@@ -50,6 +56,9 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
         "prefetch_input_elements", prefetch_input_elements, 0)
     _arguments.check_seats(cycle_length, prefetch_input_elements)
     self._deterministic = _arguments.deterministic_attr(sloppy)
+    self._extension_attrs = _arguments.extension_attrs(
+        on_input_error, max_skipped_inputs, input_retries,
+        memory_budget_bytes, stall_warning_seconds)
 
     self._input_dataset = input_dataset
     self._map_func = structured_function.StructuredFunctionWrapper(
@@ -71,6 +80,7 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
         self._prefetch_input_elements,
         f=self._map_func.function,
         deterministic=self._deterministic,
+        **self._extension_attrs,
         **self._common_args)
     super().__init__(input_dataset, variant_tensor)
 

@@ -15,6 +15,12 @@ def parallel_interleave(
     sloppy: Optional[bool] = False,
     buffer_output_elements: Optional[_arguments.IntArgument] = None,
     prefetch_input_elements: Optional[_arguments.IntArgument] = None,
+    *,
+    on_input_error: str = "raise",
+    max_skipped_inputs: Optional[int] = None,
+    input_retries: int = 0,
+    memory_budget_bytes: Optional[int] = None,
+    stall_warning_seconds: Optional[float] = None,
 ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   """A parallel version of `Dataset.interleave()`, for `Dataset.apply`.
 
@@ -56,6 +62,23 @@ def parallel_interleave(
       buffers ahead. > 0. Defaults to `2 * block_length`.
     prefetch_input_elements: The number of input datasets opened ahead of
       need. >= 0. Defaults to `2 * cycle_length`.
+    on_input_error: (Keyword-only.) `"raise"` (default, the legacy
+      behaviour): an error of a nested dataset or of `map_func` is delivered
+      at its position. `"skip"`: the rest of that input is dropped, the error
+      is logged once and listed in `tf_interleave.stats()`, and iteration
+      goes on; the order is exactly as if the input had ended there.
+    max_skipped_inputs: (Keyword-only, with `on_input_error="skip"`.) How many
+      inputs may be skipped; one more failure is delivered as an error that
+      lists the skipped inputs. Default: no limit.
+    input_retries: (Keyword-only.) Before skipping or raising, reopen the
+      failed input up to this many times (from the same input element, with
+      exponential backoff from 50 ms), passing over the elements it already
+      produced, so a transient read error changes nothing in the output.
+    memory_budget_bytes: (Keyword-only.) Bound on the bytes held in all
+      buffers together; workers pause when it is reached. A buffer the
+      consumer is waiting on may always take one element. Default: none.
+    stall_warning_seconds: (Keyword-only.) Log a warning naming the input
+      when the consumer waits on one input longer than this. Default: never.
 
   Returns:
     A function from `tf.data.Dataset` to `tf.data.Dataset`, for
@@ -68,13 +91,20 @@ def parallel_interleave(
     TypeError: If an argument has the wrong type, or `map_func` does not
       return a `Dataset` (raised when the transformation is applied).
   """
-  # Checked now for Python values, so mistakes surface at the call site.
+  # Checked now, so mistakes surface at the call site.
   _arguments.deterministic_attr(sloppy)
+  _arguments.extension_attrs(on_input_error, max_skipped_inputs,
+                             input_retries, memory_budget_bytes,
+                             stall_warning_seconds)
 
   def _apply_fn(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    return ParallelInterleaveDataset(dataset, map_func, cycle_length,
-                                     block_length, sloppy,
-                                     buffer_output_elements,
-                                     prefetch_input_elements)
+    return ParallelInterleaveDataset(
+        dataset, map_func, cycle_length, block_length, sloppy,
+        buffer_output_elements, prefetch_input_elements,
+        on_input_error=on_input_error,
+        max_skipped_inputs=max_skipped_inputs,
+        input_retries=input_retries,
+        memory_budget_bytes=memory_budget_bytes,
+        stall_warning_seconds=stall_warning_seconds)
 
   return _apply_fn

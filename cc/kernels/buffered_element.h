@@ -13,6 +13,7 @@ namespace tf_interleave {
 struct BufferedElement {
   absl::Status status;
   std::vector<tensorflow::Tensor> tensors;
+  int64_t bytes = 0;  // Of `tensors`, counted against the memory budget.
 };
 
 }  // namespace tf_interleave

@@ -88,6 +88,9 @@ absl::Status CheckpointReader::Elements(absl::string_view key,
           absl::Status(static_cast<absl::StatusCode>(code), message);
     }
     TF_RETURN_IF_ERROR(Tensors(element_key, &element.tensors));
+    for (const tensorflow::Tensor& tensor : element.tensors) {
+      element.bytes += tensor.TotalBytes();
+    }
     elements->push_back(std::move(element));
   }
   return absl::OkStatus();

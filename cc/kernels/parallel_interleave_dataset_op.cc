@@ -4,7 +4,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "cc/kernels/source_pool.h"
 #include "tensorflow/core/data/name_utils.h"
 #include "tensorflow/core/framework/dataset_options.pb.h"
 #include "tensorflow/core/framework/model.h"
@@ -143,6 +142,14 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     b->BuildAttrValue(deterministic_.String(), &deterministic);
     AttrValue other_arguments_types_attr;
     b->BuildAttrValue(other_arguments_types, &other_arguments_types_attr);
+    AttrValue on_input_error, max_skipped, retries, budget, stall;
+    b->BuildAttrValue(std::string(arguments_.skip_input_errors ? "skip" : "raise"),
+                      &on_input_error);
+    b->BuildAttrValue(arguments_.max_skipped_inputs, &max_skipped);
+    b->BuildAttrValue(arguments_.input_retries, &retries);
+    b->BuildAttrValue(arguments_.memory_budget_bytes, &budget);
+    b->BuildAttrValue(static_cast<float>(arguments_.stall_warning_seconds),
+                      &stall);
     return b->AddDataset(this,
                          {{0, input_node},
                           {2, cycle_length_node},
@@ -152,7 +159,12 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
                          {{1, other_arguments}},
                          {{kFunc, func},
                           {kDeterministic, deterministic},
-                          {kTarguments, other_arguments_types_attr}},
+                          {kTarguments, other_arguments_types_attr},
+                          {kOnInputError, on_input_error},
+                          {kMaxSkippedInputs, max_skipped},
+                          {kInputRetries, retries},
+                          {kMemoryBudgetBytes, budget},
+                          {kStallWarningSeconds, stall}},
                          output);
   }
 
@@ -169,6 +181,7 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     absl::Status Initialize(IteratorContext* ctx) override {
       SourcePoolOptions options = dataset()->arguments_;
       options.sloppy = ResolveSloppy(dataset()->deterministic_, ctx);
+      options.name = prefix();
       SourcePoolCallbacks callbacks;
       callbacks.pull_input = [this](IteratorContext* ctx,
                                     std::vector<Tensor>* element,
@@ -215,7 +228,10 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     absl::Status GetNextInternal(IteratorContext* ctx,
                                  std::vector<Tensor>* out_tensors,
                                  bool* end_of_sequence) override {
-      return pool_->GetNext(ctx, out_tensors, end_of_sequence);
+      const absl::Status status =
+          pool_->GetNext(ctx, out_tensors, end_of_sequence);
+      pool_->RecordSymbolicCheckpoint(ctx, prefix());
+      return status;
     }
 
    protected:
@@ -233,7 +249,9 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
 
     absl::Status RestoreInternal(IteratorContext* ctx,
                                  IteratorStateReader* reader) override {
-      return pool_->Restore(ctx, reader, prefix(), input_impl_);
+      TF_RETURN_IF_ERROR(pool_->Restore(ctx, reader, prefix(), input_impl_));
+      pool_->RecordSymbolicCheckpoint(ctx, prefix());
+      return absl::OkStatus();
     }
 
     TraceMeMetadata GetTraceMeMetadata() const override {
@@ -259,8 +277,9 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
 ParallelInterleaveDatasetOp::ParallelInterleaveDatasetOp(
     OpKernelConstruction* ctx)
     : UnaryDatasetOpKernel(ctx) {
+  // Default parameters: `map_func` may contain control flow, which the
+  // single-threaded executor cannot run.
   FunctionMetadata::Params params;
-  params.use_inter_op_parallelism = false;
   OP_REQUIRES_OK(ctx,
                  FunctionMetadata::Create(ctx, kFunc, params, &func_metadata_));
   OP_REQUIRES_OK(ctx, ctx->GetAttr(kOutputTypes, &output_types_));
@@ -269,13 +288,46 @@ ParallelInterleaveDatasetOp::ParallelInterleaveDatasetOp(
   OP_REQUIRES_OK(ctx, ctx->GetAttr(kDeterministic, &deterministic));
   OP_REQUIRES_OK(ctx, DeterminismPolicy::FromString(deterministic,
                                                     &deterministic_));
+
+  std::string on_input_error;
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kOnInputError, &on_input_error));
+  OP_REQUIRES(ctx, on_input_error == "raise" || on_input_error == "skip",
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`on_input_error` must be \"raise\" or \"skip\", got \"",
+                  on_input_error, "\".")));
+  extensions_.skip_input_errors = on_input_error == "skip";
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kMaxSkippedInputs,
+                                   &extensions_.max_skipped_inputs));
+  OP_REQUIRES(ctx, extensions_.max_skipped_inputs >= -1,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`max_skipped_inputs` must be >= 0 (or -1 for no limit), "
+                  "got ", extensions_.max_skipped_inputs, ".")));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kInputRetries, &extensions_.input_retries));
+  OP_REQUIRES(ctx, extensions_.input_retries >= 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`input_retries` must be >= 0, got ",
+                  extensions_.input_retries, ".")));
+  OP_REQUIRES_OK(ctx, ctx->GetAttr(kMemoryBudgetBytes,
+                                   &extensions_.memory_budget_bytes));
+  OP_REQUIRES(ctx, extensions_.memory_budget_bytes >= 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`memory_budget_bytes` must be >= 0 (0: no budget), got ",
+                  extensions_.memory_budget_bytes, ".")));
+  float stall_warning_seconds;
+  OP_REQUIRES_OK(ctx,
+                 ctx->GetAttr(kStallWarningSeconds, &stall_warning_seconds));
+  OP_REQUIRES(ctx, stall_warning_seconds >= 0,
+              absl::InvalidArgumentError(absl::StrCat(
+                  "`stall_warning_seconds` must be >= 0 (0: never warn), got ",
+                  stall_warning_seconds, ".")));
+  extensions_.stall_warning_seconds = stall_warning_seconds;
 }
 
 void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,
                                               DatasetBase* input,
                                               DatasetBase** output) {
   using tensorflow::data::ParseScalarArgument;
-  SourcePoolOptions arguments;
+  SourcePoolOptions arguments = extensions_;
   OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kCycleLength,
                                           &arguments.cycle_length));
   OP_REQUIRES(ctx, arguments.cycle_length > 0,

@@ -6,6 +6,7 @@
 
 #include <memory>
 
+#include "cc/kernels/source_pool.h"
 #include "tensorflow/core/data/captured_function.h"
 #include "tensorflow/core/data/dataset_utils.h"
 #include "tensorflow/core/framework/dataset.h"
@@ -31,6 +32,12 @@ class ParallelInterleaveDatasetOp
   static constexpr const char* const kTarguments = "Targuments";
   static constexpr const char* const kOutputTypes = "output_types";
   static constexpr const char* const kOutputShapes = "output_shapes";
+  static constexpr const char* const kOnInputError = "on_input_error";
+  static constexpr const char* const kMaxSkippedInputs = "max_skipped_inputs";
+  static constexpr const char* const kInputRetries = "input_retries";
+  static constexpr const char* const kMemoryBudgetBytes = "memory_budget_bytes";
+  static constexpr const char* const kStallWarningSeconds =
+      "stall_warning_seconds";
 
   // One thread per seat: beyond this many the op refuses to start rather
   // than exhaust the process's threads.
@@ -50,6 +57,8 @@ class ParallelInterleaveDatasetOp
   tensorflow::DataTypeVector output_types_;
   std::vector<tensorflow::PartialTensorShape> output_shapes_;
   tensorflow::data::DeterminismPolicy deterministic_;
+  // The attrs beyond the legacy op, checked at construction.
+  SourcePoolOptions extensions_;
 };
 
 }  // namespace tf_interleave

@@ -36,6 +36,12 @@ REGISTER_OP("TfInterleave>ParallelInterleaveDataset")
     .Attr("output_types: list(type) >= 1")
     .Attr("output_shapes: list(shape) >= 1")
     .Attr("metadata: string = ''")
+    // Extensions beyond the legacy op (see tf_interleave/interleave.py).
+    .Attr("on_input_error: string = 'raise'")
+    .Attr("max_skipped_inputs: int = -1")
+    .Attr("input_retries: int = 0")
+    .Attr("memory_budget_bytes: int = 0")
+    .Attr("stall_warning_seconds: float = 0")
     .SetShapeFn(ParallelInterleaveShapeFn);
 
 }  // namespace tf_interleave
