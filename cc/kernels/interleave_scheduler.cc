@@ -118,28 +118,43 @@ std::vector<int64_t> InterleaveScheduler::LiveSources() const {
 std::string InterleaveScheduler::Restore(const State& state) {
   const int64_t length = state.cycle.size();
   if (state.inputs_known < 0 || state.next_source < 0 ||
-      state.next_source > state.inputs_known) {
-    return "source counters out of range";
-  }
-  if (state.input_ended && state.next_source > state.inputs_known) {
-    return "more sources opened than inputs";
-  }
-  if (!state.started) {
-    if (length != 0 || state.next_source != 0) {
-      return "cycle set before the scheduler started";
-    }
-  } else if (length > cycle_length_ ||
-             (!sloppy_ && length < cycle_length_ && !state.input_ended)) {
-    return "cycle of " + std::to_string(length) +
-           " slots does not match cycle_length " +
-           std::to_string(cycle_length_);
+      state.next_source > state.inputs_known || state.sloppy_skips < 0) {
+    return "counters out of range";
   }
   if (state.block_count < 0 || state.block_count >= block_length_) {
     return "block count " + std::to_string(state.block_count) +
            " does not fit block_length " + std::to_string(block_length_);
   }
+  const bool nothing_left =
+      state.input_ended && state.next_source == state.inputs_known;
+  if (!state.started) {
+    if (length != 0 || state.next_source != 0 || state.next_index != 0 ||
+        state.block_count != 0) {
+      return "scheduler state set before it started";
+    }
+    state_ = state;
+    return "";
+  }
   if (state.next_index < 0 || (length > 0 && state.next_index >= length)) {
     return "next index out of range";
+  }
+  if (sloppy_) {
+    if (length != cycle_length_) {
+      return "sloppy cycle of " + std::to_string(length) +
+             " slots does not match cycle_length " +
+             std::to_string(cycle_length_);
+    }
+  } else {
+    // A deterministic cycle is shorter than cycle_length only when the
+    // input ended before filling it, and then holds its first sources.
+    if (length > cycle_length_ ||
+        (length < cycle_length_ &&
+         !(nothing_left && state.next_source == length))) {
+      return "cycle of " + std::to_string(length) +
+             " slots does not match cycle_length " +
+             std::to_string(cycle_length_);
+    }
+    if (state.next_source < length) return "cycle holds unopened sources";
   }
   std::set<int64_t> seen;
   for (int64_t slot : state.cycle) {
@@ -147,7 +162,9 @@ std::string InterleaveScheduler::Restore(const State& state) {
       if (slot >= state.next_source || !seen.insert(slot).second) {
         return "slot holds an unknown or repeated source";
       }
-    } else if (slot != kEmptySlot && slot != kAwaitingSlot) {
+    } else if (slot == kEmptySlot) {
+      if (!nothing_left) return "empty slot while inputs remain";
+    } else if (slot != kAwaitingSlot) {
       return "slot holds an invalid value";
     }
   }

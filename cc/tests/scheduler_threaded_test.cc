@@ -152,6 +152,11 @@ class ThreadedPool {
     std::lock_guard<std::mutex> l(mu_);
     return sources_released_;
   }
+  // Whether Restore rejected a state the scheduler reached.
+  bool restore_failed() {
+    std::lock_guard<std::mutex> l(mu_);
+    return restore_failed_;
+  }
 
  private:
   struct Seat {
@@ -181,7 +186,8 @@ class ThreadedPool {
     if (seat->waiting) seat->cv.notify_one();
   }
 
-  // Requires mu_. Wakes the consumer when it waits for this change.
+  // Requires mu_. Wakes the consumer when it waits for this change; one
+  // notification per wait (the consumer no longer counts as waiting).
   void WakeConsumer(bool input_event, int64_t source) {
     bool wake = false;
     switch (wait_) {
@@ -197,7 +203,10 @@ class ThreadedPool {
       default:
         break;
     }
-    if (wake) consumer_cv_.notify_one();
+    if (wake) {
+      wait_ = Kind::kEmit;
+      consumer_cv_.notify_one();
+    }
   }
 
   // Requires mu_. Continues with a scheduler restored from the state, as if
@@ -289,15 +298,7 @@ class ThreadedPool {
   int64_t sources_released_ = 0;                    // Guarded by mu_.
   Kind wait_ = Kind::kEmit;                         // Guarded by mu_.
   int64_t wait_source_ = -1;                        // Guarded by mu_.
-
- public:
-  bool restore_failed() {
-    std::lock_guard<std::mutex> l(mu_);
-    return restore_failed_;
-  }
-
- private:
-  bool restore_failed_ = false;  // Guarded by mu_.
+  bool restore_failed_ = false;                     // Guarded by mu_.
 };
 
 PoolConfig RandomPoolConfig(std::mt19937_64& random, bool sloppy) {
