@@ -1,0 +1,259 @@
+"""Shared helpers: build interleave pipelines from nested sizes and collect their output."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from reference_model import interleave_order
+
+# Element ``j`` of the nested dataset made from input ``i`` has the value ``STRIDE * i + j``.
+STRIDE = 1000
+# Upper bound on ``get_next`` calls when draining a pipeline, so a broken op cannot loop forever.
+MAX_STEPS = 10_000
+# Longest time a straggler waits for its release before giving up (keeps a broken op from hanging).
+STRAGGLER_WAIT_SECONDS = 20.0
+
+MapFunc = Callable[..., tf.data.Dataset]
+
+
+def nested_values(sizes: Sequence[int]) -> List[List[int]]:
+    """The element lists that ``sized_map_func(sizes)`` yields for each input element."""
+    return [[STRIDE * index + offset for offset in range(size)] for index, size in enumerate(sizes)]
+
+
+def sized_input(sizes: Sequence[int]) -> tf.data.Dataset:
+    """The input dataset ``0 .. len(sizes) - 1``."""
+    return tf.data.Dataset.range(len(sizes))
+
+
+def sized_map_func(sizes: Sequence[int]) -> MapFunc:
+    """Maps input ``i`` to ``range(STRIDE * i, STRIDE * i + sizes[i])``.
+
+    The sizes constant is built inside the traced function, so the result works
+    in eager mode, in ``tf.function`` and in a TF1 graph alike.
+    """
+    size_list = [int(size) for size in sizes]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        size = tf.gather(tf.constant(size_list, tf.int64), index)
+        return tf.data.Dataset.range(STRIDE * index, STRIDE * index + size)
+
+    return map_func
+
+
+def to_python(element: Any) -> Any:
+    """Converts a numpy element (any nested structure) to plain Python values."""
+    return tf.nest.map_structure(lambda leaf: leaf.tolist() if isinstance(leaf, (np.ndarray, np.generic)) else leaf,
+                                 element)
+
+
+def collect(dataset: tf.data.Dataset) -> List[Any]:
+    """Drains ``dataset`` eagerly into a list of Python values."""
+    values = []
+    for element in dataset.as_numpy_iterator():
+        values.append(to_python(element))
+        if len(values) > MAX_STEPS:
+            raise AssertionError(f"dataset yielded more than {MAX_STEPS} elements")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """An error delivered in place of an element; ``kind`` is the exception class name."""
+
+    kind: str
+
+
+def collect_with_errors(dataset: tf.data.Dataset) -> List[Any]:
+    """Drains ``dataset`` eagerly, recording each error as a ``Failure`` and carrying on."""
+    values: List[Any] = []
+    iterator = iter(dataset)
+    for _ in range(MAX_STEPS):
+        try:
+            element = next(iterator)
+        except StopIteration:
+            return values
+        except tf.errors.OpError as error:
+            values.append(Failure(type(error).__name__))
+        else:
+            values.append(to_python(tf.nest.map_structure(lambda t: t.numpy(), element)))
+    raise AssertionError(f"dataset did not end within {MAX_STEPS} steps")
+
+
+def run_session_until_end(session: tf.compat.v1.Session, next_element: Any) -> List[Any]:
+    """Evaluates ``next_element`` in a TF1 session until ``OutOfRangeError``."""
+    values = []
+    for _ in range(MAX_STEPS):
+        try:
+            values.append(to_python(session.run(next_element)))
+        except tf.errors.OutOfRangeError:
+            return values
+    raise AssertionError(f"iterator did not end within {MAX_STEPS} steps")
+
+
+def is_subsequence(needle: Sequence[Any], haystack: Iterable[Any]) -> bool:
+    """True if ``needle`` appears in ``haystack`` in order (not necessarily contiguously)."""
+    remaining = iter(haystack)
+    return all(any(item == candidate for candidate in remaining) for item in needle)
+
+
+class Straggler:
+    """A gate that holds back chosen pipeline elements until ``release()``.
+
+    Each held element waits in a ``tf.py_function``; the wait gives up after
+    ``STRAGGLER_WAIT_SECONDS`` (recorded in ``timed_out``) so that a test whose op
+    blocks where it must not fails instead of hanging.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.timed_out = False
+
+    def release(self) -> None:
+        self._event.set()
+
+    def rearm(self) -> None:
+        """Holds the gate again, for a second pipeline over the same datasets."""
+        self._event.clear()
+        self.timed_out = False
+
+    def release_later(self, delay_seconds: float) -> threading.Timer:
+        """Releases from a timer thread; the caller must ``cancel()`` the timer when done."""
+        timer = threading.Timer(delay_seconds, self._event.set)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _wait_if(self, value: tf.Tensor, hold: tf.Tensor) -> tf.Tensor:
+        if bool(hold) and not self._event.wait(STRAGGLER_WAIT_SECONDS):
+            self.timed_out = True
+        return value
+
+    def gate(self, value: tf.Tensor, hold: tf.Tensor) -> tf.Tensor:
+        """Returns ``value``, first waiting for the release when ``hold`` is true.
+
+        The decision is taken in Python, so the graph holds no control flow.
+        """
+        return tf.reshape(tf.py_function(self._wait_if, [value, hold], value.dtype), [])
+
+    def map_func(self, sizes: Sequence[int], straggler: int) -> MapFunc:
+        """``sized_map_func(sizes)`` whose input ``straggler`` holds each of its elements."""
+        base_map_func = sized_map_func(sizes)
+
+        def map_func(index: tf.Tensor) -> tf.data.Dataset:
+            return base_map_func(index).map(lambda value: self.gate(value, tf.equal(index, straggler)))
+
+        return map_func
+
+    def input(self, sizes: Sequence[int], held_index: int) -> tf.data.Dataset:
+        """``sized_input(sizes)`` that holds back its element ``held_index``."""
+        return sized_input(sizes).map(lambda index: self.gate(index, tf.equal(index, held_index)))
+
+
+def drain_holding_straggler(dataset: tf.data.Dataset, straggler: Straggler, held_steps: int
+                            ) -> Tuple[List[Any], List[Any]]:
+    """Takes ``held_steps`` elements while the straggler is held, then releases it and drains.
+
+    Returns the elements taken before and after the release.
+    """
+    iterator = dataset.as_numpy_iterator()
+    try:
+        before = [to_python(next(iterator)) for _ in range(held_steps)]
+    finally:
+        straggler.release()
+    return before, [to_python(element) for element in iterator]
+
+
+def drain_with_late_straggler(dataset: tf.data.Dataset, straggler: Straggler, delay_seconds: float = 0.2
+                              ) -> List[Any]:
+    """Drains ``dataset`` while a timer releases the straggler after ``delay_seconds``."""
+    timer = straggler.release_later(delay_seconds)
+    try:
+        return collect(dataset)
+    finally:
+        timer.cancel()
+        straggler.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One differential-test configuration."""
+
+    sizes: Tuple[int, ...]
+    cycle_length: int
+    block_length: int
+    prefetch_input_elements: Optional[int]
+    buffer_output_elements: Optional[int]
+    tensor_args: bool = False
+
+    def __str__(self) -> str:
+        sizes = "-".join(map(str, self.sizes)) or "empty"
+        kind = "t" if self.tensor_args else "i"
+        return (f"s{sizes}_c{self.cycle_length}_b{self.block_length}"
+                f"_p{self.prefetch_input_elements}_o{self.buffer_output_elements}_{kind}")
+
+    def expected(self) -> List[int]:
+        """The reference model's deterministic order for this case."""
+        return interleave_order(nested_values(self.sizes), self.cycle_length, self.block_length,
+                                self.prefetch_input_elements, self.buffer_output_elements)
+
+    def interleave_kwargs(self, sloppy: Optional[bool] = False) -> dict:
+        """Keyword arguments for ``parallel_interleave`` (tensors if ``tensor_args``)."""
+        def arg(value: Optional[int]) -> Any:
+            if value is None or not self.tensor_args:
+                return value
+            return tf.constant(value, tf.int64)
+
+        return dict(cycle_length=arg(self.cycle_length), block_length=arg(self.block_length), sloppy=sloppy,
+                    buffer_output_elements=arg(self.buffer_output_elements),
+                    prefetch_input_elements=arg(self.prefetch_input_elements))
+
+    def builtin_kwargs(self) -> dict:
+        """Keyword arguments for the built-in, always Python ints with defaults resolved."""
+        return dict(cycle_length=self.cycle_length, block_length=self.block_length, sloppy=False,
+                    buffer_output_elements=(2 * self.block_length if self.buffer_output_elements is None
+                                            else self.buffer_output_elements),
+                    prefetch_input_elements=(2 * self.cycle_length if self.prefetch_input_elements is None
+                                             else self.prefetch_input_elements))
+
+
+def random_cases(seed: int, count: int) -> List[Case]:
+    """Seeded random cases over the parameter grid of the differential tests."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(count):
+        sizes = tuple(rng.randint(0, 6) for _ in range(rng.randint(0, 12)))
+        cases.append(Case(
+            sizes=sizes,
+            cycle_length=rng.randint(1, 8),
+            block_length=rng.randint(1, 4),
+            prefetch_input_elements=rng.choice([None, 0, 1, 2, 3, 4]),
+            buffer_output_elements=rng.choice([None, 1, 2, 3]),
+            tensor_args=rng.random() < 0.25,
+        ))
+    return cases
+
+
+def builtin_matches(case: Case, expected: List[int], max_runs: int = 8) -> Tuple[bool, List[List[int]]]:
+    """Runs the built-in op on ``case`` until its order equals ``expected``.
+
+    With ``block_length == 1`` the built-in's order never varies, so one run
+    decides.  Otherwise its order can depend on timing (SPEC section 2), and it
+    is accepted when any of ``max_runs`` runs equals ``expected``.  Returns the
+    verdict and the orders observed.
+    """
+    dataset = sized_input(case.sizes).apply(
+        tf.data.experimental.parallel_interleave(sized_map_func(case.sizes), **case.builtin_kwargs()))
+    runs = 1 if case.block_length == 1 else max_runs
+    observed = []
+    for _ in range(runs):
+        observed.append(collect(dataset))
+        if observed[-1] == expected:
+            return True, observed
+    return False, observed

@@ -1,0 +1,265 @@
+"""Argument validation, non-Dataset map_func, and errors delivered in place."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import re
+import types
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
+
+import pytest
+import tensorflow as tf
+
+from pipelines import STRIDE, Failure, collect, collect_with_errors, run_session_until_end, sized_input, \
+    sized_map_func
+from reference_model import interleave_order
+
+pytestmark = pytest.mark.usefixtures("hang_guard")
+
+VALID_ARGUMENTS = dict(cycle_length=2, block_length=1, buffer_output_elements=None, prefetch_input_elements=None)
+BAD_ARGUMENTS = [
+    ("cycle_length", 0), ("cycle_length", -3),
+    ("block_length", 0), ("block_length", -4),
+    ("buffer_output_elements", 0), ("buffer_output_elements", -5),
+    ("prefetch_input_elements", -1), ("prefetch_input_elements", -6),
+]
+BAD_ARGUMENT_IDS = [f"{name}={value}" for name, value in BAD_ARGUMENTS]
+INVALID = Failure("InvalidArgumentError")
+
+
+def _assert_names_argument(error: BaseException, name: str, value: int) -> None:
+    """The message names the argument and shows the bad value as a number of its own."""
+    message = str(error)
+    assert name in message, message
+    # Drop TensorFlow's decorations ({{function_node ...device:CPU:0}}, [Op:...]), which contain digits.
+    message = re.sub(r"\{\{.*?\}\}|\[Op:.*?\]|\[\[.*?\]\]", " ", message, flags=re.S)
+    numbers = re.findall(r"(?<![\w.])-?\d+(?!\w|\.\d)", message)
+    assert str(value) in numbers, message
+
+
+def _arguments(name: str, value: Any) -> Dict[str, Any]:
+    return dict(VALID_ARGUMENTS, **{name: value})
+
+
+@pytest.mark.parametrize("name, value", BAD_ARGUMENTS, ids=BAD_ARGUMENT_IDS)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["int", "tensor"])
+def test_bad_argument_eager_raises_at_apply(tfi: types.ModuleType, name: str, value: int, as_tensor: bool) -> None:
+    transformation = tfi.parallel_interleave(sized_map_func([1, 2]),
+                                             **_arguments(name, tf.constant(value, tf.int64) if as_tensor else value))
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        sized_input([1, 2]).apply(transformation)
+    _assert_names_argument(raised.value, name, value)
+
+
+@pytest.mark.parametrize("name, value", BAD_ARGUMENTS, ids=BAD_ARGUMENT_IDS)
+def test_bad_argument_graph_int(tfi: types.ModuleType, name: str, value: int) -> None:
+    with tf.Graph().as_default():
+        with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+            dataset = sized_input([1, 2]).apply(tfi.parallel_interleave(sized_map_func([1, 2]),
+                                                                        **_arguments(name, value)))
+            next_element = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+            with tf.compat.v1.Session() as session:
+                session.run(next_element)
+    _assert_names_argument(raised.value, name, value)
+
+
+@pytest.mark.parametrize("name, value", BAD_ARGUMENTS, ids=BAD_ARGUMENT_IDS)
+def test_bad_argument_graph_placeholder(tfi: types.ModuleType, name: str, value: int) -> None:
+    with tf.Graph().as_default():
+        fed = tf.compat.v1.placeholder(tf.int64, [])
+        dataset = sized_input([1, 2]).apply(tfi.parallel_interleave(sized_map_func([1, 2]), **_arguments(name, fed)))
+        iterator = tf.compat.v1.data.make_initializable_iterator(dataset)
+        next_element = iterator.get_next()
+        with tf.compat.v1.Session() as session:
+            with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+                session.run(iterator.initializer, feed_dict={fed: value})
+                session.run(next_element)
+            _assert_names_argument(raised.value, name, value)
+            # The same graph still works with a good value.
+            session.run(iterator.initializer, feed_dict={fed: 3 if name != "prefetch_input_elements" else 0})
+            assert sorted(run_session_until_end(session, next_element)) == [0, 1000, 1001]
+
+
+@pytest.mark.parametrize("name, value", BAD_ARGUMENTS, ids=BAD_ARGUMENT_IDS)
+def test_bad_argument_tf_function(tfi: types.ModuleType, name: str, value: int) -> None:
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+    def interleave_all(argument: tf.Tensor) -> tf.Tensor:
+        dataset = sized_input([1, 2]).apply(tfi.parallel_interleave(sized_map_func([1, 2]),
+                                                                    **_arguments(name, argument)))
+        return dataset.batch(10).get_single_element()
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        interleave_all(tf.constant(value, tf.int64))
+    _assert_names_argument(raised.value, name, value)
+
+
+@pytest.mark.parametrize("map_func, returned_names", [
+    pytest.param(lambda x: x, {"tensor"}, id="tensor"),
+    pytest.param(lambda x: 3, {"tensor", "int"}, id="python-int"),
+    pytest.param(lambda x: (tf.data.Dataset.range(x), x), {"tuple"}, id="tuple"),
+    pytest.param(lambda x: {"nested": tf.data.Dataset.range(x)}, {"dict"}, id="dict"),
+])
+@pytest.mark.parametrize("graph_mode", [False, True], ids=["eager", "graph"])
+def test_map_func_must_return_dataset(tfi: types.ModuleType, map_func: Callable, returned_names: Set[str],
+                                      graph_mode: bool) -> None:
+    with tf.Graph().as_default() if graph_mode else contextlib.nullcontext():
+        with pytest.raises(TypeError) as raised:
+            tf.data.Dataset.range(3).apply(tfi.parallel_interleave(map_func, cycle_length=2))
+    message = str(raised.value).lower()
+    assert "dataset" in message
+    assert any(name in message for name in returned_names), message
+
+
+# --- Errors delivered at their position -------------------------------------------------------------------------
+
+def _text_nested(sizes: Sequence[int], bad: FrozenSet[Tuple[int, int]]) -> List[List[str]]:
+    """Decimal strings of the sized values, with "bad" at the (input, position) pairs in ``bad``."""
+    return [["bad" if (index, offset) in bad else str(STRIDE * index + offset) for offset in range(size)]
+            for index, size in enumerate(sizes)]
+
+
+def _parsing_map_func(texts: List[List[str]]) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """Maps input ``i`` to ``texts[i]`` parsed as numbers: each "bad" entry fails to parse."""
+    flat = [text for row in texts for text in row]
+    starts = [sum(len(row) for row in texts[:index]) for index in range(len(texts))]
+    sizes = [len(row) for row in texts]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        start = tf.gather(tf.constant(starts, tf.int64), index)
+        size = tf.gather(tf.constant(sizes, tf.int64), index)
+        row = tf.slice(tf.constant(flat, tf.string), [start], [size])
+        return tf.data.Dataset.from_tensor_slices(row).map(lambda text: tf.strings.to_number(text, tf.int64))
+
+    return map_func
+
+
+def _model_nested(texts: List[List[str]]) -> List[List[Any]]:
+    return [[INVALID if text == "bad" else int(text) for text in row] for row in texts]
+
+
+NESTED_ERROR_CASES = [
+    # (sizes, bad (input, position) pairs, cycle_length, prefetch_input_elements)
+    pytest.param((3, 3, 3), {(1, 1)}, 2, None, id="middle"),
+    pytest.param((2, 4, 1, 3, 2), {(0, 0), (3, 2), (4, 1)}, 2, 0, id="several"),
+    pytest.param((4, 4), {(0, 0), (0, 1), (0, 2), (0, 3)}, 2, 1, id="whole-nested"),
+    pytest.param((1, 2, 3, 4, 5, 0, 2), {(6, 1), (2, 0)}, 3, 2, id="refilled-slots"),
+]
+
+
+@pytest.mark.parametrize("sizes, bad, cycle_length, prefetch", NESTED_ERROR_CASES)
+@pytest.mark.parametrize("block_length", [1, 2])
+def test_nested_error_delivered_in_place(tfi: types.ModuleType, builtin_interleave: Callable,
+                                         sizes: Tuple[int, ...], bad: Set[Tuple[int, int]], cycle_length: int,
+                                         prefetch: Optional[int], block_length: int) -> None:
+    texts = _text_nested(sizes, frozenset(bad))
+    expected = interleave_order(_model_nested(texts), cycle_length, block_length, prefetch)
+    kwargs = dict(cycle_length=cycle_length, block_length=block_length, prefetch_input_elements=prefetch)
+    ours = sized_input(sizes).apply(tfi.parallel_interleave(_parsing_map_func(texts), **kwargs))
+    assert collect_with_errors(ours) == expected
+    if block_length == 1:
+        theirs = sized_input(sizes).apply(builtin_interleave(_parsing_map_func(texts), **kwargs))
+        assert collect_with_errors(theirs) == expected
+
+
+@pytest.mark.parametrize("sizes, bad, cycle_length, prefetch", NESTED_ERROR_CASES)
+def test_nested_error_sloppy_loses_nothing(tfi: types.ModuleType, sizes: Tuple[int, ...],
+                                           bad: Set[Tuple[int, int]], cycle_length: int,
+                                           prefetch: Optional[int]) -> None:
+    texts = _text_nested(sizes, frozenset(bad))
+    expected = interleave_order(_model_nested(texts), cycle_length, 1, prefetch)
+    dataset = sized_input(sizes).apply(tfi.parallel_interleave(
+        _parsing_map_func(texts), cycle_length, sloppy=True, prefetch_input_elements=prefetch))
+    assert collections.Counter(collect_with_errors(dataset)) == collections.Counter(expected)
+
+
+def test_ignore_errors_after_op_keeps_every_good_element(tfi: types.ModuleType) -> None:
+    sizes, bad = (2, 4, 1, 3, 2), frozenset({(0, 0), (3, 2), (4, 1)})
+    texts = _text_nested(sizes, bad)
+    expected = [value for value in interleave_order(_model_nested(texts), 2, 2, 1) if value != INVALID]
+    dataset = sized_input(sizes).apply(tfi.parallel_interleave(_parsing_map_func(texts), 2, 2,
+                                                               prefetch_input_elements=1))
+    assert collect(dataset.ignore_errors()) == expected
+
+
+def _nested_failing_at(sizes: Sequence[int], failing: Set[int]) -> List[List[Any]]:
+    """Model input: one error in place of each nested dataset in ``failing``."""
+    return [[INVALID] if index in failing else [STRIDE * index + k for k in range(size)]
+            for index, size in enumerate(sizes)]
+
+
+def _map_func_failing_for(sizes: Sequence[int], failing: FrozenSet[int]) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """``sized_map_func(sizes)``, except that the call for each input in ``failing`` fails.
+
+    The failure is a parse error of the looked-up size, so no control flow is involved.
+    """
+    size_texts = ["bad" if index in failing else str(size) for index, size in enumerate(sizes)]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        size = tf.strings.to_number(tf.gather(tf.constant(size_texts), index), tf.int64)
+        return tf.data.Dataset.range(STRIDE * index, STRIDE * index + size)
+
+    return map_func
+
+
+@pytest.mark.parametrize("sizes, failing, cycle_length, prefetch", [
+    pytest.param((2, 2, 2, 2, 2), {2}, 2, 0, id="refill"),
+    pytest.param((2, 2, 2, 2, 2), {0}, 2, None, id="first"),
+    pytest.param((3, 1, 2, 2, 4, 1), {1, 4, 5}, 3, 1, id="several"),
+])
+@pytest.mark.parametrize("block_length", [1, 3])
+def test_map_func_error_delivered_in_place(tfi: types.ModuleType, builtin_interleave: Callable,
+                                           sizes: Tuple[int, ...], failing: Set[int], cycle_length: int,
+                                           prefetch: Optional[int], block_length: int) -> None:
+    expected = interleave_order(_nested_failing_at(sizes, failing), cycle_length, block_length, prefetch)
+    kwargs = dict(cycle_length=cycle_length, block_length=block_length, prefetch_input_elements=prefetch)
+    map_func = _map_func_failing_for(sizes, frozenset(failing))
+    assert collect_with_errors(sized_input(sizes).apply(tfi.parallel_interleave(map_func, **kwargs))) == expected
+    if block_length == 1:
+        theirs = sized_input(sizes).apply(builtin_interleave(map_func, **kwargs))
+        assert collect_with_errors(theirs) == expected
+
+
+def _failing_input(sizes: Sequence[int], failing: FrozenSet[int]) -> tf.data.Dataset:
+    """``sized_input(sizes)`` whose elements at ``failing`` are parse errors."""
+    texts = ["bad" if index in failing else str(index) for index in range(len(sizes))]
+    return tf.data.Dataset.from_tensor_slices(texts).map(lambda text: tf.strings.to_number(text, tf.int64))
+
+
+@pytest.mark.parametrize("sizes, failing, cycle_length, prefetch", [
+    pytest.param((2, 2, 2, 2, 2), {2}, 2, 0, id="refill"),
+    pytest.param((2, 2, 2, 2, 2), {2}, 2, None, id="at-start"),
+    pytest.param((2, 2, 2, 2, 2), {0}, 2, 1, id="first"),
+    pytest.param((1, 3, 2, 0, 2, 3, 1), {3, 4, 6}, 3, 1, id="several"),
+])
+@pytest.mark.parametrize("block_length", [1, 2])
+def test_input_error_delivered_in_place(tfi: types.ModuleType, builtin_interleave: Callable,
+                                        sizes: Tuple[int, ...], failing: Set[int], cycle_length: int,
+                                        prefetch: Optional[int], block_length: int) -> None:
+    expected = interleave_order(_nested_failing_at(sizes, failing), cycle_length, block_length, prefetch)
+    kwargs = dict(cycle_length=cycle_length, block_length=block_length, prefetch_input_elements=prefetch)
+    input_dataset = _failing_input(sizes, frozenset(failing))
+    ours = input_dataset.apply(tfi.parallel_interleave(sized_map_func(sizes), **kwargs))
+    assert collect_with_errors(ours) == expected
+    if block_length == 1:
+        theirs = input_dataset.apply(builtin_interleave(sized_map_func(sizes), **kwargs))
+        assert collect_with_errors(theirs) == expected
+
+
+def test_errors_in_graph_mode(tfi: types.ModuleType) -> None:
+    sizes, bad = (3, 2, 3), frozenset({(0, 1), (2, 2)})
+    texts = _text_nested(sizes, bad)
+    expected = interleave_order(_model_nested(texts), 2, 1, None)
+    with tf.Graph().as_default():
+        dataset = sized_input(sizes).apply(tfi.parallel_interleave(_parsing_map_func(texts), 2))
+        next_element = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        observed: List[Any] = []
+        with tf.compat.v1.Session() as session:
+            while len(observed) <= len(expected):
+                try:
+                    observed.append(int(session.run(next_element)))
+                except tf.errors.OutOfRangeError:
+                    break
+                except tf.errors.OpError as error:
+                    observed.append(Failure(type(error).__name__))
+    assert observed == expected
