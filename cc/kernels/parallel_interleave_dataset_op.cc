@@ -244,6 +244,10 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
 
     absl::Status SaveInternal(SerializationContext* ctx,
                               IteratorStateWriter* writer) override {
+      // `map_func`'s state is not in any iterator's checkpoint: refuse (or
+      // warn) as the pipeline's external state policy says.
+      TF_RETURN_IF_ERROR(ctx->HandleCheckExternalStateStatus(
+          dataset()->captured_func_->CheckExternalState()));
       return pool_->Save(ctx, writer, prefix(), input_impl_);
     }
 
