@@ -28,6 +28,19 @@ absl::Status CheckpointReader::Int(absl::string_view key, int64_t* value) {
   return reader_->ReadScalar(name_, key, value);
 }
 
+absl::Status CheckpointWriter::String(absl::string_view key,
+                                      const std::string& value) {
+  return writer_->WriteScalar(name_, key, tensorflow::tstring(value));
+}
+
+absl::Status CheckpointReader::String(absl::string_view key,
+                                      std::string* value) {
+  tensorflow::tstring text;
+  TF_RETURN_IF_ERROR(reader_->ReadScalar(name_, key, &text));
+  *value = std::string(text);
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointWriter::Tensors(
     absl::string_view key, const std::vector<tensorflow::Tensor>& tensors) {
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".size"), tensors.size()));

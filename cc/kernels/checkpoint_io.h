@@ -23,6 +23,7 @@ class CheckpointWriter {
       : writer_(writer), name_(std::move(name)) {}
 
   absl::Status Int(absl::string_view key, int64_t value);
+  absl::Status String(absl::string_view key, const std::string& value);
   absl::Status Tensors(absl::string_view key,
                        const std::vector<tensorflow::Tensor>& tensors);
   absl::Status Elements(absl::string_view key,
@@ -43,6 +44,7 @@ class CheckpointReader {
       : ctx_(ctx), reader_(reader), name_(std::move(name)) {}
 
   absl::Status Int(absl::string_view key, int64_t* value);
+  absl::Status String(absl::string_view key, std::string* value);
   absl::Status Tensors(absl::string_view key,
                        std::vector<tensorflow::Tensor>* tensors);
   absl::Status Elements(absl::string_view key,

@@ -178,6 +178,9 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     // they are stopped and joined first.
     ~Iterator() override { pool_.reset(); }
 
+    // Symbolic checkpoints hold positions (see SourcePool::Save).
+    bool SymbolicCheckpointCompatible() const override { return true; }
+
     absl::Status Initialize(IteratorContext* ctx) override {
       SourcePoolOptions options = dataset()->arguments_;
       options.sloppy = ResolveSloppy(dataset()->deterministic_, ctx);

@@ -69,12 +69,12 @@ SourcePool::~SourcePool() {
   // this object once destruction goes on.
   if (deregister_parent_cancellation_) deregister_parent_cancellation_();
   Cancel();
-  std::vector<std::unique_ptr<tensorflow::Thread>> threads;
+  std::vector<std::unique_ptr<tensorflow::Thread>> workers;
   {
     mutex_lock l(mu_);
-    for (auto& seat : seats_) threads.push_back(std::move(seat->thread));
+    workers.swap(workers_);
   }
-  threads.clear();  // Joins every seat thread.
+  workers.clear();  // Joins every worker.
 }
 
 absl::Status SourcePool::Initialize(IteratorContext* ctx) {
@@ -99,7 +99,9 @@ void SourcePool::Cancel() {
     cancelled_ = true;
     consumer_cond_var_.notify_all();
     pause_cond_var_.notify_all();
-    for (auto& seat : seats_) seat->cond_var.notify_all();
+    worker_cond_var_.notify_all();
+    retry_cond_var_.notify_all();
+    budget_cond_var_.notify_all();
   }
   // Outside `mu_`: cancellation callbacks of nested iterators may block.
   if (cancellation_manager_) cancellation_manager_->StartCancel();
@@ -116,116 +118,202 @@ absl::Status SourcePool::EnsureStarted(IteratorContext* ctx) {
   params.symbolic_checkpoint = false;
   seat_ctx_ = std::make_unique<IteratorContext>(std::move(params));
   // Seats restored from a checkpoint already hold their sources.
-  for (auto& seat : seats_) StartSeatThread(seat.get());
-  if (static_cast<int64_t>(seats_.size()) < num_seats_ && !input_ended_) {
-    StartSeatThread(AddSeat());
+  while (static_cast<int64_t>(seats_.size()) < num_seats_) {
+    seats_.push_back(std::make_unique<Seat>());
+    free_seats_.push_back(seats_.back().get());
   }
+  for (auto& seat : seats_) {
+    if (seat->source >= 0) Offer(seat.get(), /*urgent=*/true);
+  }
+  if (!input_ended_) WakeWorker(/*parallel=*/true);
   return absl::OkStatus();
 }
 
-SourcePool::Seat* SourcePool::AddSeat() {
-  seats_.push_back(std::make_unique<Seat>());
-  return seats_.back().get();
+bool SourcePool::HasWork(const Seat& seat) const {
+  if (seat.claimed || seat.source < 0 || seat.source_ended) return false;
+  if (seat.needs_open) return true;
+  if (seat.iterator == nullptr) return false;
+  if (static_cast<int64_t>(seat.buffer.size()) >=
+      options_.buffer_output_elements) {
+    return false;
+  }
+  const int64_t budget = options_.memory_budget_bytes;
+  return budget <= 0 || buffered_bytes_ < budget ||
+         (seat.buffer.empty() && ConsumerWaitsOn(seat));
 }
 
-void SourcePool::StartSeatThread(Seat* seat) {
-  seat->thread = seat_ctx_->StartThread(
-      absl::StrCat("tf_interleave_seat_", seats_.size()),
-      [this, seat]() { SeatThread(seat); });
+void SourcePool::Offer(Seat* seat, bool urgent) {
+  if (!seat->queued && HasWork(*seat)) {
+    seat->queued = true;
+    work_queue_.push_back(seat);
+  }
+  if (urgent && seat->queued) WakeWorker(seat->needs_open || !seat->fast);
 }
 
-void SourcePool::SeatThread(Seat* seat) {
+void SourcePool::WakeWorker(bool parallel) {
+  if (cancelled_ || seat_ctx_ == nullptr) return;
+  if (!parallel && wakes_pending_ > 0) return;
+  if (idle_workers_ > wakes_pending_) {
+    ++wakes_pending_;
+    worker_cond_var_.notify_one();
+  } else if (static_cast<int64_t>(workers_.size()) < num_seats_) {
+    workers_.push_back(seat_ctx_->StartThread(
+        absl::StrCat("tf_interleave_worker_", workers_.size()),
+        [this]() { WorkerThread(); }));
+  }
+}
+
+void SourcePool::WakeForRemainingWork() {
+  if (!work_queue_.empty() ||
+      (!input_busy_ && !input_ended_ && !free_seats_.empty())) {
+    WakeWorker(/*parallel=*/true);
+  }
+}
+
+bool SourcePool::Drained() const {
+  return input_ended_ && seat_of_source_.empty();
+}
+
+SourcePool::Task SourcePool::NextTask() {
+  Task task;
+  if (cancelled_ || pause_requests_ > 0) return task;
+  if (!input_busy_ && !input_ended_ && !free_seats_.empty()) {
+    task.kind = TaskKind::kPull;
+    task.seat = free_seats_.front();
+    free_seats_.pop_front();
+    input_busy_ = true;
+  } else {
+    while (!work_queue_.empty()) {
+      Seat* seat = work_queue_.front();
+      work_queue_.pop_front();
+      seat->queued = false;
+      if (!HasWork(*seat)) continue;
+      task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
+      task.seat = seat;
+      break;
+    }
+    if (task.kind == TaskKind::kNone) return task;
+  }
+  task.seat->claimed = true;
+  ++active_calls_;
+  return task;
+}
+
+void SourcePool::WorkerThread() {
   IteratorContext* ctx = seat_ctx_.get();
   callbacks_.record_start(ctx);
-  while (true) {
-    bool holds_source;
-    {
-      mutex_lock l(mu_);
-      holds_source = seat->source >= 0;
-    }
-    if (!holds_source && !AcquireSource(seat)) break;
-    RunSource(seat);
+  Task task;
+  std::unique_ptr<IteratorBase> dropped;
+  bool exit = false;
+  while (!exit) {
+    dropped.reset();  // Without `mu_`: tearing a pipeline down takes time.
+    if (task.kind != TaskKind::kNone) RunTask(&task);
     mutex_lock l(mu_);
-    while (!cancelled_ && !seat->released) {
-      seat->waiting = true;
-      callbacks_.record_stop(ctx);
-      seat->cond_var.wait(l);
-      callbacks_.record_start(ctx);
+    if (task.kind != TaskKind::kNone) {
+      if (--active_calls_ == 0 && pause_requests_ > 0) {
+        pause_cond_var_.notify_all();
+      }
+      FinishTask(&task, l, &dropped);
+      task = Task();
     }
-    seat->waiting = false;
-    if (cancelled_) break;
-    seat->source = -1;
+    while (true) {
+      task = NextTask();
+      if (task.kind != TaskKind::kNone) {
+        // A task that may block (a pull, an open, a slow source) must not
+        // hold back the rest of the queue.
+        if (task.kind != TaskKind::kProduce || !task.seat->fast) {
+          WakeForRemainingWork();
+        }
+        break;
+      }
+      if (cancelled_ || Drained()) {
+        // Every other sleeping worker has nothing left either.
+        worker_cond_var_.notify_all();
+        exit = true;
+        break;
+      }
+      ++idle_workers_;
+      callbacks_.record_stop(ctx);
+      worker_cond_var_.wait(l);
+      callbacks_.record_start(ctx);
+      --idle_workers_;
+      if (wakes_pending_ > 0) --wakes_pending_;
+    }
   }
+  dropped.reset();
   callbacks_.record_stop(ctx);
 }
 
-bool SourcePool::BeginCall(Seat* seat, mutex_lock& lock, bool need_room) {
-  const int64_t budget = options_.memory_budget_bytes;
-  while (!cancelled_) {
-    bool wait = pause_requests_ > 0;
-    if (!wait && need_room) {
-      wait = static_cast<int64_t>(seat->buffer.size()) >=
-                 options_.buffer_output_elements ||
-             (budget > 0 && buffered_bytes_ >= budget &&
-              !(seat->buffer.empty() && ConsumerWaitsOn(*seat)));
-    }
-    if (!wait) break;
-    seat->waiting = true;
-    callbacks_.record_stop(seat_ctx_.get());
-    seat->cond_var.wait(lock);
-    callbacks_.record_start(seat_ctx_.get());
-  }
-  seat->waiting = false;
-  if (cancelled_) return false;
-  ++active_calls_;
-  return true;
-}
-
-void SourcePool::EndCall() {
-  if (--active_calls_ == 0 && pause_requests_ > 0) {
-    pause_cond_var_.notify_all();
-  }
-}
-
-bool SourcePool::AcquireSource(Seat* seat) {
+void SourcePool::RunTask(Task* task) {
   IteratorContext* ctx = seat_ctx_.get();
-  mutex_lock input_lock(input_mu_);
-  {
-    mutex_lock l(mu_);
-    if (input_ended_ || !BeginCall(seat, l, /*need_room=*/false)) return false;
+  Seat* seat = task->seat;
+  switch (task->kind) {
+    case TaskKind::kPull: {
+      // With symbolic checkpoints the input's state change is collected
+      // here and handed to the consumer's context with the pool's own state.
+      std::unique_ptr<IteratorContext> pull_ctx;
+      if (symbolic_) {
+        IteratorContext::Params params(ctx);
+        params.symbolic_checkpoint = true;
+        pull_ctx = std::make_unique<IteratorContext>(std::move(params));
+      }
+      {
+        TraceMe trace("TfInterleaveSeat::PullInput");
+        task->status = callbacks_.pull_input(pull_ctx ? pull_ctx.get() : ctx,
+                                             &task->element.tensors,
+                                             &task->end);
+      }
+      if (pull_ctx) {
+        task->input_checkpoint =
+            std::make_unique<tensorflow::data::MemoryCheckpoint>(
+                ctx->id_registry());
+        task->input_checkpoint->Merge(pull_ctx->checkpoint());
+      }
+      break;
+    }
+    case TaskKind::kOpen:
+      task->status = OpenIterator(seat);
+      break;
+    case TaskKind::kProduce: {
+      const int64_t source = seat->source;
+      const int64_t start_nanos = EnvTime::NowNanos();
+      {
+        TraceMe trace([source]() {
+          return TraceMeEncode("TfInterleaveSeat::GetNext",
+                               {{"source", source}});
+        });
+        task->status = seat->iterator->GetNext(
+            ctx, &task->element.tensors, &task->end);
+      }
+      task->elapsed_nanos = EnvTime::NowNanos() - start_nanos;
+      break;
+    }
+    case TaskKind::kNone:
+      break;
   }
-  std::vector<Tensor> element;
-  bool end_of_input = false;
-  absl::Status status;
-  // With symbolic checkpoints the input's state change is collected here
-  // and handed to the consumer's context with the pool's own state.
-  std::unique_ptr<IteratorContext> pull_ctx;
-  if (symbolic_) {
-    IteratorContext::Params params(ctx);
-    params.symbolic_checkpoint = true;
-    pull_ctx = std::make_unique<IteratorContext>(std::move(params));
+}
+
+void SourcePool::FinishPull(Task* task) {
+  Seat* seat = task->seat;
+  input_busy_ = false;
+  if (task->input_checkpoint) {
+    input_checkpoint_->Merge(task->input_checkpoint.get());
   }
-  {
-    TraceMe trace("TfInterleaveSeat::PullInput");
-    status = callbacks_.pull_input(pull_ctx ? pull_ctx.get() : ctx, &element,
-                                   &end_of_input);
-  }
-  mutex_lock l(mu_);
-  EndCall();
-  if (cancelled_) return false;
-  if (pull_ctx) input_checkpoint_->Merge(pull_ctx->checkpoint());
-  if (status.ok() && end_of_input) {
+  if (task->status.ok() && task->end) {
     input_ended_ = true;
     scheduler_.OnInputEnded();
+    free_seats_.push_back(seat);
     WakeConsumer(ConsumerWait::kInput, -1);
-    return false;
+    return;
   }
   const int64_t source = sources_pulled_++;
   seat->source = source;
-  seat->label = LabelOf(element, source);
+  seat->label = LabelOf(task->element.tensors, source);
   seat->source_ended = false;
-  seat->released = false;
   seat->skipped = false;
+  seat->skip_error = absl::OkStatus();
+  seat->stop_at = -1;
+  seat->fast = false;
   seat->produced = 0;
   seat->delivered = 0;
   seat->delivered_bytes = 0;
@@ -233,22 +321,104 @@ bool SourcePool::AcquireSource(Seat* seat) {
   seat->wait_nanos = 0;
   seat->buffer.clear();
   seat->buffered_bytes = 0;
-  seat->input_element = std::move(element);
-  seat->input_error = status;
-  seat->needs_open = status.ok();
-  if (!status.ok()) {
+  seat->input_element = std::move(task->element.tensors);
+  seat->input_error = task->status;
+  seat->needs_open = task->status.ok();
+  if (!task->status.ok()) {
     // An input error becomes a source whose only element is that error, so
     // it is delivered at the input's position.
-    seat->buffer.push_back(BufferedElement{status, {}, 0});
+    seat->buffer.push_back(BufferedElement{task->status, {}, 0});
     seat->produced = 1;
+    seat->source_ended = true;
   }
   seat_of_source_[source] = seat;
   scheduler_.OnInputOpened();
   WakeConsumer(ConsumerWait::kInput, -1);
-  if (static_cast<int64_t>(seats_.size()) < num_seats_) {
-    StartSeatThread(AddSeat());
+}
+
+void SourcePool::FinishTask(Task* task, mutex_lock& lock,
+                            std::unique_ptr<IteratorBase>* dropped) {
+  Seat* seat = task->seat;
+  seat->claimed = false;
+  if (cancelled_) return;
+  switch (task->kind) {
+    case TaskKind::kPull:
+      FinishPull(task);
+      // Opening may be slow: another worker does it while this one pulls on.
+      Offer(seat, /*urgent=*/true);
+      return;
+    case TaskKind::kOpen:
+      if (task->status.ok()) {
+        seat->needs_open = false;
+        if (seat->stop_at >= 0 && seat->produced >= seat->stop_at) {
+          EndSource(seat, dropped);
+          return;
+        }
+        Offer(seat, /*urgent=*/true);
+        return;
+      }
+      break;
+    case TaskKind::kProduce:
+      if (task->status.ok()) {
+        seat->fast = task->elapsed_nanos < kFastSourceNanos;
+        if (task->end) {
+          EndSource(seat, dropped);
+          return;
+        }
+        seat->claimed = true;  // Still this worker's while it waits to push.
+        const bool pushed = Push(seat, std::move(task->element), lock);
+        seat->claimed = false;
+        if (!pushed) return;
+        if (seat->stop_at >= 0 && seat->produced >= seat->stop_at) {
+          EndSource(seat, dropped);  // Where a skipped source stopped before.
+          return;
+        }
+        Offer(seat, /*urgent=*/false);
+        return;
+      }
+      break;
+    case TaskKind::kNone:
+      return;
   }
-  return true;
+  FinishFailure(task, lock, dropped);
+}
+
+void SourcePool::FinishFailure(Task* task, mutex_lock& lock,
+                               std::unique_ptr<IteratorBase>* dropped) {
+  Seat* seat = task->seat;
+  const bool opening = task->kind == TaskKind::kOpen;
+  const absl::Status& status = task->status;
+  switch (OnSourceError(seat, status)) {
+    case ErrorAction::kRetry:
+      *dropped = std::move(seat->iterator);
+      seat->needs_open = true;
+      seat->claimed = true;  // Nobody reopens it before the delay is over.
+      WaitBeforeRetry(seat, lock);
+      seat->claimed = false;
+      Offer(seat, /*urgent=*/true);
+      return;
+    case ErrorAction::kSkip:
+      // Counted (and maybe refused, see `AccountSkip`) when the consumer
+      // reaches this point of the order, so the count follows the order.
+      seat->skipped = true;
+      seat->skip_error = status;
+      EndSource(seat, dropped);
+      return;
+    case ErrorAction::kDeliver:
+      // After an error the source goes on, as the legacy op does: the
+      // caller decides whether to keep reading. One that could not be
+      // opened ends here.
+      seat->claimed = true;
+      if (!Push(seat, BufferedElement{status, {}, 0}, lock)) return;
+      seat->claimed = false;
+      if (opening) {
+        seat->needs_open = false;
+        EndSource(seat, dropped);
+      } else {
+        Offer(seat, /*urgent=*/false);
+      }
+      return;
+  }
 }
 
 absl::Status SourcePool::OpenIterator(Seat* seat) {
@@ -283,96 +453,6 @@ absl::Status SourcePool::OpenIterator(Seat* seat) {
   return absl::OkStatus();
 }
 
-void SourcePool::RunSource(Seat* seat) {
-  IteratorContext* ctx = seat_ctx_.get();
-  int64_t source;
-  {
-    mutex_lock l(mu_);
-    source = seat->source;
-  }
-  bool finished = false;
-  while (!finished) {
-    bool opening;
-    {
-      mutex_lock l(mu_);
-      if (seat->source_ended) return;
-      if (!seat->needs_open && seat->iterator == nullptr) break;
-      opening = seat->needs_open;
-      if (!BeginCall(seat, l, /*need_room=*/!opening)) return;
-    }
-    BufferedElement next;
-    bool end_of_source = false;
-    int64_t elapsed_nanos = 0;
-    absl::Status status;
-    if (opening) {
-      status = OpenIterator(seat);
-    } else {
-      const int64_t start_nanos = EnvTime::NowNanos();
-      {
-        TraceMe trace([source]() {
-          return TraceMeEncode("TfInterleaveSeat::GetNext",
-                               {{"source", source}});
-        });
-        next.status =
-            seat->iterator->GetNext(ctx, &next.tensors, &end_of_source);
-      }
-      elapsed_nanos = EnvTime::NowNanos() - start_nanos;
-      status = next.status;
-    }
-    // Declared before the lock: a dropped iterator is destroyed unlocked.
-    std::unique_ptr<IteratorBase> dropped;
-    mutex_lock l(mu_);
-    EndCall();
-    if (cancelled_) return;
-    if (status.ok()) {
-      if (opening) {
-        seat->needs_open = false;
-        continue;
-      }
-      seat->fast = elapsed_nanos < kFastSourceNanos;
-      if (end_of_source) break;
-      if (!Push(seat, std::move(next), l)) return;
-      continue;
-    }
-    switch (OnSourceError(seat, status)) {
-      case ErrorAction::kRetry:
-        dropped = std::move(seat->iterator);
-        seat->needs_open = true;
-        WaitBeforeRetry(seat, l);
-        break;
-      case ErrorAction::kSkip:
-        seat->skipped = true;
-        finished = true;
-        break;
-      case ErrorAction::kDeliver:
-        // After an error the source goes on, as the legacy op does: the
-        // caller decides whether to keep reading. One that could not be
-        // opened ends here.
-        if (!Push(seat, BufferedElement{status, {}, 0}, l)) return;
-        if (opening) seat->needs_open = false;
-        break;
-      case ErrorAction::kDeliverAndEnd: {
-        std::vector<std::string> labels;
-        for (const SkippedInput& skipped : skipped_inputs_) {
-          labels.push_back(skipped.label);
-        }
-        const absl::Status limit(
-            status.code(),
-            absl::StrCat("Input '", seat->label, "' failed after ",
-                         skipped_inputs_.size(),
-                         " inputs were skipped (max_skipped_inputs=",
-                         options_.max_skipped_inputs, "; skipped: ",
-                         absl::StrJoin(labels, ", "), "): ",
-                         status.message()));
-        if (!Push(seat, BufferedElement{limit, {}, 0}, l)) return;
-        finished = true;
-        break;
-      }
-    }
-  }
-  EndSource(seat);
-}
-
 SourcePool::ErrorAction SourcePool::OnSourceError(Seat* seat,
                                                   const absl::Status& status) {
   if (seat->retries < options_.input_retries) {
@@ -384,17 +464,34 @@ SourcePool::ErrorAction SourcePool::OnSourceError(Seat* seat,
                  << " elements: " << status;
     return ErrorAction::kRetry;
   }
-  if (!options_.skip_input_errors) return ErrorAction::kDeliver;
+  return options_.skip_input_errors ? ErrorAction::kSkip
+                                    : ErrorAction::kDeliver;
+}
+
+absl::Status SourcePool::AccountSkip(const Seat& seat) {
   if (options_.max_skipped_inputs >= 0 &&
       static_cast<int64_t>(skipped_inputs_.size()) >=
           options_.max_skipped_inputs) {
-    return ErrorAction::kDeliverAndEnd;
+    std::vector<std::string> labels;
+    for (const SkippedInput& skipped : skipped_inputs_) {
+      labels.push_back(skipped.label);
+    }
+    return absl::Status(
+        seat.skip_error.code(),
+        absl::StrCat("Input '", seat.label, "' failed after ",
+                     skipped_inputs_.size(),
+                     " inputs were skipped (max_skipped_inputs=",
+                     options_.max_skipped_inputs, "; skipped: ",
+                     absl::StrJoin(labels, ", "), "): ",
+                     seat.skip_error.message()));
   }
-  skipped_inputs_.push_back(SkippedInput{seat->source, seat->label,
-                                         seat->produced, status.ToString()});
-  LOG(WARNING) << "tf_interleave: skipping the rest of input '" << seat->label
-               << "' after " << seat->produced << " elements: " << status;
-  return ErrorAction::kSkip;
+  skipped_inputs_.push_back(SkippedInput{seat.source, seat.label,
+                                         seat.produced,
+                                         seat.skip_error.ToString()});
+  LOG(WARNING) << "tf_interleave: skipping the rest of input '" << seat.label
+               << "' after " << seat.produced
+               << " elements: " << seat.skip_error;
+  return absl::OkStatus();
 }
 
 void SourcePool::WaitBeforeRetry(Seat* seat, mutex_lock& lock) {
@@ -402,47 +499,53 @@ void SourcePool::WaitBeforeRetry(Seat* seat, mutex_lock& lock) {
   const int64_t delay_micros =
       std::min(kMaxRetryBackoffMicros, options_.retry_backoff_micros << shift);
   const int64_t deadline = EnvTime::NowMicros() + delay_micros;
-  // `Cancel` notifies every seat, so teardown never waits out the delay.
+  WakeForRemainingWork();
+  // `Cancel` notifies `retry_cond_var_`, so teardown never waits this out.
   while (!cancelled_) {
     const int64_t remaining = deadline - EnvTime::NowMicros();
     if (remaining <= 0) break;
-    seat->cond_var.wait_for(lock, std::chrono::microseconds(remaining));
+    retry_cond_var_.wait_for(lock, std::chrono::microseconds(remaining));
   }
 }
 
-void SourcePool::EndSource(Seat* seat) {
-  std::unique_ptr<IteratorBase> iterator;
-  {
-    mutex_lock l(mu_);
-    seat->source_ended = true;
-    seat->needs_open = false;
-    iterator = std::move(seat->iterator);
-    WakeConsumer(ConsumerWait::kSource, seat->source);
-  }
-  // Outside `mu_`: tearing a nested pipeline down may take a while.
-  iterator.reset();
+void SourcePool::EndSource(Seat* seat, std::unique_ptr<IteratorBase>* dropped) {
+  seat->source_ended = true;
+  seat->needs_open = false;
+  *dropped = std::move(seat->iterator);
+  WakeConsumer(ConsumerWait::kSource, seat->source);
 }
 
 bool SourcePool::ConsumerWaitsOn(const Seat& seat) const {
-  return consumer_wait_ == ConsumerWait::kAny ||
-         (consumer_wait_ == ConsumerWait::kSource &&
-          consumer_wait_source_ == seat.source);
+  if (consumer_wait_ == ConsumerWait::kSource) {
+    return consumer_wait_source_ == seat.source;
+  }
+  if (consumer_wait_ != ConsumerWait::kAny) return false;
+  // Sloppy: any source of the cycle (a staged one could not be emitted).
+  for (int64_t source : scheduler_.state().cycle) {
+    if (source == seat.source) return true;
+  }
+  return false;
 }
 
 bool SourcePool::BudgetAllows(const Seat& seat, int64_t bytes) const {
   const int64_t budget = options_.memory_budget_bytes;
   return budget <= 0 || buffered_bytes_ + bytes <= budget ||
-         buffered_bytes_ == 0 || (seat.buffer.empty() && ConsumerWaitsOn(seat));
+         (seat.buffer.empty() && ConsumerWaitsOn(seat));
 }
 
 bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
   element.bytes = BytesOf(element.tensors);
-  while (!cancelled_ && !BudgetAllows(*seat, element.bytes)) {
-    seat->waiting = true;
-    seat->cond_var.wait(lock);
+  if (!BudgetAllows(*seat, element.bytes)) {
+    // Held in `pending` meanwhile, so a checkpoint taken now keeps it.
+    seat->pending.push_back(std::move(element));
+    WakeForRemainingWork();
+    while (!cancelled_ && !BudgetAllows(*seat, seat->pending.front().bytes)) {
+      budget_cond_var_.wait(lock);
+    }
+    if (cancelled_) return false;
+    element = std::move(seat->pending.front());
+    seat->pending.pop_front();
   }
-  seat->waiting = false;
-  if (cancelled_) return false;
   seat->buffered_bytes += element.bytes;
   buffered_bytes_ += element.bytes;
   seat->buffer.push_back(std::move(element));
@@ -453,17 +556,6 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
 
 int64_t SourcePool::RefillThreshold(const Seat& seat) const {
   return seat.fast ? 0 : options_.buffer_output_elements - 1;
-}
-
-void SourcePool::WakeSeat(Seat* seat) {
-  if (seat->waiting) {
-    seat->waiting = false;
-    seat->cond_var.notify_one();
-  }
-}
-
-void SourcePool::WakeSeatsWaitingForBudget() {
-  for (auto& seat : seats_) WakeSeat(seat.get());
 }
 
 SourceState SourcePool::StateOf(int64_t source) const {
@@ -486,18 +578,29 @@ InputStats SourcePool::StatsOf(const Seat& seat) const {
   return stats;
 }
 
-void SourcePool::ReleaseSource(int64_t source) {
+absl::Status SourcePool::ReleaseSource(int64_t source) {
   auto it = seat_of_source_.find(source);
   Seat* seat = it->second;
   seat_of_source_.erase(it);
+  const absl::Status skip_status =
+      seat->skipped ? AccountSkip(*seat) : absl::OkStatus();
   InputStats stats = StatsOf(*seat);
   if (stats.state != "skipped") stats.state = "done";
   finished_inputs_.push_back(std::move(stats));
   if (finished_inputs_.size() > kFinishedInputsInStats) {
     finished_inputs_.pop_front();
   }
-  seat->released = true;
-  WakeSeat(seat);
+  seat->source = -1;
+  seat->input_element.clear();
+  seat->input_error = absl::OkStatus();
+  if (input_ended_) {
+    // No task can come for this seat; idle workers may be done for good.
+    if (Drained()) worker_cond_var_.notify_all();
+    return skip_status;
+  }
+  free_seats_.push_back(seat);
+  WakeWorker(/*parallel=*/true);
+  return skip_status;
 }
 
 void SourcePool::WakeConsumer(ConsumerWait reason, int64_t source) {
@@ -521,6 +624,18 @@ void SourcePool::WakeConsumer(ConsumerWait reason, int64_t source) {
   }
 }
 
+std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
+  std::vector<const Seat*> pending;
+  for (int64_t source : scheduler_.state().cycle) {
+    if (source < 0) continue;
+    auto it = seat_of_source_.find(source);
+    if (it == seat_of_source_.end()) continue;
+    const Seat* seat = it->second;
+    if (seat->buffer.empty() && !seat->source_ended) pending.push_back(seat);
+  }
+  return pending;
+}
+
 std::string SourcePool::WaitTargetLabel() const {
   switch (consumer_wait_) {
     case ConsumerWait::kSource: {
@@ -529,8 +644,19 @@ std::string SourcePool::WaitTargetLabel() const {
     }
     case ConsumerWait::kInput:
       return "the input dataset";
-    case ConsumerWait::kAny:
-      return "any input";
+    case ConsumerWait::kAny: {
+      // Sloppy: the consumer waits for whichever input of the cycle comes
+      // first; name it when only one can.
+      const std::vector<const Seat*> pending = PendingCycleSeats();
+      if (pending.size() == 1) return pending[0]->label;
+      std::vector<std::string> labels;
+      for (size_t i = 0; i < pending.size() && i < 4; ++i) {
+        labels.push_back(pending[i]->label);
+      }
+      if (pending.size() > labels.size()) labels.push_back("...");
+      return absl::StrCat("any of ", pending.size(), " inputs (",
+                          absl::StrJoin(labels, ", "), ")");
+    }
     case ConsumerWait::kNone:
       break;
   }
@@ -539,14 +665,25 @@ std::string SourcePool::WaitTargetLabel() const {
 
 void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   const ConsumerWait reason = consumer_wait_;
-  const int64_t source = consumer_wait_source_;
+  const int64_t wait_source = consumer_wait_source_;
+  // The input the wait is on, if it is one input: also a sloppy wait when
+  // only one input of the cycle can still produce.
+  int64_t source = reason == ConsumerWait::kSource ? wait_source : -1;
+  if (reason == ConsumerWait::kAny) {
+    const std::vector<const Seat*> pending = PendingCycleSeats();
+    if (pending.size() == 1) source = pending[0]->source;
+  }
   const int64_t start_nanos = EnvTime::NowNanos();
   waiting_on_ = WaitTargetLabel();
-  if (options_.memory_budget_bytes > 0) WakeSeatsWaitingForBudget();
+  if (options_.memory_budget_bytes > 0) {
+    // Waiting on a source lets it exceed the budget by one element.
+    budget_cond_var_.notify_all();
+    for (auto& seat : seats_) Offer(seat.get(), /*urgent=*/false);
+  }
+  // Whatever the consumer waits for may sit in the queue of a lazy refill.
+  WakeForRemainingWork();
   callbacks_.record_stop(ctx);
-  const bool watch = options_.stall_warning_seconds > 0 &&
-                     reason != ConsumerWait::kAny;
-  if (!watch) {
+  if (options_.stall_warning_seconds <= 0) {
     consumer_cond_var_.wait(lock);
   } else {
     const int64_t stall_nanos =
@@ -566,7 +703,7 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
                    << options_.stall_warning_seconds << ")";
       // Keep waiting, without more warnings for this wait.
       while (!cancelled_ && consumer_wait_ == reason &&
-             consumer_wait_source_ == source) {
+             consumer_wait_source_ == wait_source) {
         consumer_cond_var_.wait(lock);
       }
     }
@@ -574,12 +711,33 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   callbacks_.record_start(ctx);
   const int64_t waited = EnvTime::NowNanos() - start_nanos;
   consumer_wait_nanos_ += waited;
-  if (reason == ConsumerWait::kSource) {
+  if (source >= 0) {
     auto it = seat_of_source_.find(source);
     if (it != seat_of_source_.end()) it->second->wait_nanos += waited;
   }
   waiting_on_.clear();
   consumer_wait_ = ConsumerWait::kNone;
+}
+
+BufferedElement SourcePool::TakeElement(Seat* seat) {
+  BufferedElement element = std::move(seat->buffer.front());
+  seat->buffer.pop_front();
+  seat->buffered_bytes -= element.bytes;
+  buffered_bytes_ -= element.bytes;
+  ++seat->delivered;
+  seat->delivered_bytes += element.bytes;
+  ++delivered_;
+  delivered_bytes_ += element.bytes;
+  if (options_.memory_budget_bytes > 0) {
+    // Freed bytes may let any seat go on.
+    budget_cond_var_.notify_all();
+    for (auto& other : seats_) Offer(other.get(), /*urgent=*/false);
+    if (!work_queue_.empty()) WakeWorker(/*parallel=*/false);
+  } else {
+    Offer(seat, /*urgent=*/static_cast<int64_t>(seat->buffer.size()) <=
+                    RefillThreshold(*seat));
+  }
+  return element;
 }
 
 absl::Status SourcePool::GetNext(IteratorContext* ctx,
@@ -592,6 +750,13 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
         return StateOf(source);
       };
+  if (!stashed_.empty()) {
+    BufferedElement element = std::move(stashed_.back());
+    stashed_.pop_back();
+    *out_tensors = std::move(element.tensors);
+    *end_of_sequence = false;
+    return element.status;
+  }
   while (true) {
     if (cancelled_) {
       return absl::CancelledError("tf_interleave iterator was cancelled");
@@ -599,24 +764,25 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
     released_.clear();
     const InterleaveScheduler::Decision decision =
         scheduler_.Next(state_of, &released_);
-    for (int64_t source : released_) ReleaseSource(source);
+    absl::Status skip_status;
+    for (int64_t source : released_) {
+      const absl::Status status = ReleaseSource(source);
+      if (skip_status.ok()) skip_status = status;
+    }
+    if (!skip_status.ok()) {
+      // One skip too many: the error takes the place where that input
+      // ended; an element the scheduler already chose comes next time.
+      if (decision.kind == Kind::kEmit) {
+        Seat* seat = seat_of_source_.at(decision.source);
+        stashed_.push_back(TakeElement(seat));
+      }
+      *end_of_sequence = false;
+      return skip_status;
+    }
     switch (decision.kind) {
       case Kind::kEmit: {
-        Seat* seat = seat_of_source_.at(decision.source);
-        BufferedElement element = std::move(seat->buffer.front());
-        seat->buffer.pop_front();
-        seat->buffered_bytes -= element.bytes;
-        buffered_bytes_ -= element.bytes;
-        ++seat->delivered;
-        seat->delivered_bytes += element.bytes;
-        ++delivered_;
-        delivered_bytes_ += element.bytes;
-        if (options_.memory_budget_bytes > 0) {
-          WakeSeatsWaitingForBudget();
-        } else if (static_cast<int64_t>(seat->buffer.size()) <=
-                   RefillThreshold(*seat)) {
-          WakeSeat(seat);
-        }
+        BufferedElement element =
+            TakeElement(seat_of_source_.at(decision.source));
         *out_tensors = std::move(element.tensors);
         *end_of_sequence = false;
         return element.status;
@@ -712,6 +878,18 @@ absl::Status SourcePool::WriteState(
   TF_RETURN_IF_ERROR(out.Int("input_ended", input_ended_));
   if (!symbolic) TF_RETURN_IF_ERROR(callbacks_.save_iterator(ctx, writer, input));
 
+  // Skips already counted, for `max_skipped_inputs` and stats.
+  TF_RETURN_IF_ERROR(out.Int("skipped.size", skipped_inputs_.size()));
+  for (size_t i = 0; i < skipped_inputs_.size(); ++i) {
+    const SkippedInput& skipped = skipped_inputs_[i];
+    const std::string key = absl::StrCat("skipped.", i);
+    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".source"), skipped.source));
+    TF_RETURN_IF_ERROR(out.String(absl::StrCat(key, ".label"), skipped.label));
+    TF_RETURN_IF_ERROR(
+        out.Int(absl::StrCat(key, ".element_index"), skipped.element_index));
+    TF_RETURN_IF_ERROR(out.String(absl::StrCat(key, ".error"), skipped.error));
+  }
+
   std::vector<int64_t> live;
   for (const auto& entry : seat_of_source_) live.push_back(entry.first);
   std::sort(live.begin(), live.end());
@@ -724,7 +902,14 @@ absl::Status SourcePool::WriteState(
     TF_RETURN_IF_ERROR(out.Tensors(absl::StrCat(key, ".input"),
                                    seat.input_element));
     TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".skipped"), seat.skipped));
+    std::deque<BufferedElement> skip_error;
+    if (seat.skipped) skip_error.push_back(BufferedElement{seat.skip_error, {}, 0});
+    TF_RETURN_IF_ERROR(
+        out.Elements(absl::StrCat(key, ".skip_error"), skip_error));
     if (symbolic) {
+      // A skipped source stops again where it failed.
+      TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".stop_at"),
+                                 seat.skipped ? seat.produced : -1));
       // A position: the source is reopened and skips what it delivered. A
       // failed input pull cannot be repeated, so its error is kept instead.
       TF_RETURN_IF_ERROR(
@@ -743,7 +928,10 @@ absl::Status SourcePool::WriteState(
     TF_RETURN_IF_ERROR(
         out.Int(absl::StrCat(key, ".needs_open"), seat.needs_open));
     TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".produced"), seat.produced));
-    TF_RETURN_IF_ERROR(out.Elements(absl::StrCat(key, ".buffer"), seat.buffer));
+    // An element waiting for the memory budget is saved as buffered.
+    std::deque<BufferedElement> held = seat.buffer;
+    held.insert(held.end(), seat.pending.begin(), seat.pending.end());
+    TF_RETURN_IF_ERROR(out.Elements(absl::StrCat(key, ".buffer"), held));
     const bool open = seat.iterator != nullptr;
     TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".open"), open));
     if (open) {
@@ -765,7 +953,7 @@ absl::Status SourcePool::Save(tensorflow::data::SerializationContext* ctx,
   auto resume = tensorflow::gtl::MakeCleanup([this]()
                                                  TF_NO_THREAD_SAFETY_ANALYSIS {
     if (--pause_requests_ == 0) {
-      for (auto& seat : seats_) seat->cond_var.notify_all();
+      worker_cond_var_.notify_all();
     }
   });
   while (active_calls_ > 0 && !cancelled_) pause_cond_var_.wait(l);
@@ -799,7 +987,7 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
                                  const std::string& name,
                                  const std::unique_ptr<IteratorBase>& input) {
   mutex_lock l(mu_);
-  if (seat_ctx_ != nullptr || !seats_.empty()) {
+  if (seat_ctx_ != nullptr || !seats_.empty() || sources_pulled_ > 0) {
     return absl::FailedPreconditionError(
         "A tf_interleave iterator can only be restored before its first "
         "element is read.");
@@ -839,6 +1027,21 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
         "tf_interleave checkpoint is inconsistent: input counters differ");
   }
   TF_RETURN_IF_ERROR(callbacks_.restore_iterator(ctx, reader, input));
+  int64_t skipped_size;
+  TF_RETURN_IF_ERROR(in.Int("skipped.size", &skipped_size));
+  if (skipped_size < 0 || skipped_size > sources_pulled_) {
+    return absl::DataLossError("tf_interleave checkpoint: bad skip count");
+  }
+  skipped_inputs_.resize(skipped_size);
+  for (int64_t i = 0; i < skipped_size; ++i) {
+    SkippedInput& skipped = skipped_inputs_[i];
+    const std::string key = absl::StrCat("skipped.", i);
+    TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".source"), &skipped.source));
+    TF_RETURN_IF_ERROR(in.String(absl::StrCat(key, ".label"), &skipped.label));
+    TF_RETURN_IF_ERROR(
+        in.Int(absl::StrCat(key, ".element_index"), &skipped.element_index));
+    TF_RETURN_IF_ERROR(in.String(absl::StrCat(key, ".error"), &skipped.error));
+  }
 
   // Nested iterators are remade with the pool's cancellation manager, like
   // the ones the seats open.
@@ -855,7 +1058,8 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
   }
   for (int64_t i = 0; i < live_size; ++i) {
     const std::string key = absl::StrCat("live.", i);
-    Seat* seat = AddSeat();
+    seats_.push_back(std::make_unique<Seat>());
+    Seat* seat = seats_.back().get();
     TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".source"), &seat->source));
     TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".retries"), &seat->retries));
     TF_RETURN_IF_ERROR(
@@ -863,16 +1067,23 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
     seat->label = LabelOf(seat->input_element, seat->source);
     TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".skipped"), &value));
     seat->skipped = value != 0;
+    std::deque<BufferedElement> skip_error;
+    TF_RETURN_IF_ERROR(
+        in.Elements(absl::StrCat(key, ".skip_error"), &skip_error));
+    if (!skip_error.empty()) seat->skip_error = skip_error.front().status;
     if (symbolic != 0) {
       TF_RETURN_IF_ERROR(
           in.Int(absl::StrCat(key, ".delivered"), &seat->delivered));
       seat->produced = seat->delivered;
+      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".stop_at"), &seat->stop_at));
       TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".input_failed"), &value));
       const bool input_failed = value != 0;
       TF_RETURN_IF_ERROR(
           in.Elements(absl::StrCat(key, ".input_error"), &seat->buffer));
-      seat->source_ended = seat->skipped || (input_failed && seat->buffer.empty());
-      seat->needs_open = !seat->skipped && !input_failed;
+      seat->source_ended =
+          (seat->skipped && seat->delivered >= seat->stop_at) ||
+          (input_failed && seat->buffer.empty());
+      seat->needs_open = !seat->source_ended && !input_failed;
     } else {
       TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".ended"), &value));
       seat->source_ended = value != 0;

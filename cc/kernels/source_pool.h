@@ -1,20 +1,30 @@
-// The workers and buffers of a parallel interleave: a fixed set of seats,
-// each with one background thread that pulls the next input element, opens
-// its nested iterator and fills a bounded buffer from it. The consumer side
-// (`GetNext`) asks an `InterleaveScheduler` which source emits next and takes
-// the element from that source's buffer.
+// The workers and buffers of a parallel interleave. Each open nested
+// iterator (a "source") sits in one of cycle_length + prefetch_input_elements
+// seats, with a bounded buffer; a pool of worker threads (never more than
+// seats) pulls input elements into free seats, opens their nested iterators
+// and fills their buffers. The consumer side (`GetNext`) asks an
+// `InterleaveScheduler` which source emits next and takes the element from
+// that source's buffer.
 //
 // Threads:
-//  - Seat threads pull input elements one at a time (serialized by
-//    `input_mu_`, so sources are numbered in input order), then run
-//    `map_func` and the nested iterator without holding any lock the
-//    consumer needs. A slow input or a slow `map_func` therefore never
-//    stalls a consumer that has a ready element.
-//  - Seats start lazily, one more each time an input element is pulled, so
-//    a short input never starts threads it cannot use. A seat thread exits
-//    once the input has ended and its last source is drained.
-//  - `Save` pauses the seats: none starts a call into TensorFlow while a
-//    pause is requested, and `Save` waits until the calls under way end.
+//  - Workers are not tied to seats: a worker takes the next task from a
+//    queue of seats that have work (a pull, an open, room in the buffer),
+//    runs it without holding `mu_`, and goes on with the next, sleeping only
+//    when there is none. A source is worked on by one worker at a time.
+//  - The consumer wakes a sleeping worker only when a source needs it soon
+//    (a fast source's buffer is empty, a slow one has room, a seat is free,
+//    or the consumer is about to wait); an awake worker also refills every
+//    other buffer with room. Tiny elements thus cost a fraction of a
+//    wake-up each, while a slow source's latency stays hidden.
+//  - Input elements are pulled by one worker at a time, so sources are
+//    numbered in input order; `map_func` runs on other workers meanwhile, so
+//    a slow input or a slow `map_func` never stalls a consumer that has a
+//    ready element.
+//  - Workers start on demand, up to one per seat (enough to keep every seat
+//    busy when every source blocks), and exit once the input has ended and
+//    every source is drained.
+//  - `Save` pauses the workers: none starts a task while a pause is
+//    requested, and `Save` waits until the tasks under way end.
 //
 // Invariants (under `mu_`):
 //  1. A source is held by exactly one seat from the moment its input element
@@ -24,11 +34,11 @@
 //     elements are buffered in all. With a memory budget, the buffers'
 //     bytes stay within it, except that a buffer the consumer is waiting on
 //     may always take one element (so the pipeline cannot deadlock).
-//  3. After `cancelled_` is set no seat starts a new thread or a new call
-//     into TensorFlow, and every wait ends.
-//  4. A seat's `iterator` and `input_element` are touched by its own thread
-//     only while it counts in `active_calls_`, and by `Save` only when
-//     `active_calls_` is zero and a pause is requested.
+//  3. After `cancelled_` is set no worker starts, no task starts, and every
+//     wait ends.
+//  4. A seat's `iterator` and `input_element` are touched by the worker that
+//     claimed the seat, while it counts in `active_calls_`, and by `Save`
+//     only when `active_calls_` is zero and a pause is requested.
 #ifndef TF_INTERLEAVE_CC_KERNELS_SOURCE_POOL_H_
 #define TF_INTERLEAVE_CC_KERNELS_SOURCE_POOL_H_
 
@@ -158,10 +168,12 @@ class SourcePool : public StatsSource {
     int64_t source = -1;        // The source this seat holds, or -1.
     std::string label;          // Names the source's input in stats and logs.
     bool source_ended = false;  // The source will add nothing more.
-    bool released = false;      // The scheduler is done with the source.
-    bool waiting = false;       // The seat thread waits on `cond_var`.
     bool needs_open = false;    // The nested iterator is (re)opened next.
     bool skipped = false;       // The source ended on a skipped error.
+    absl::Status skip_error;    // That error; counted when the consumer
+                                // reaches the end of the source.
+    // After a symbolic restore of a skipped source: where it stops again.
+    int64_t stop_at = -1;
     absl::Status input_error;   // Pulling the input element failed.
     // The last element took less than kFastSourceNanos to produce: refill
     // in batches (see `RefillThreshold`).
@@ -176,26 +188,45 @@ class SourcePool : public StatsSource {
     // See invariant 4.
     std::vector<tensorflow::Tensor> input_element;
     std::unique_ptr<tensorflow::data::IteratorBase> iterator;
-    tensorflow::condition_variable cond_var;
-    std::unique_ptr<tensorflow::Thread> thread;
+    // An element waiting for the memory budget (saved with the buffer).
+    std::deque<BufferedElement> pending;
+    bool claimed = false;  // A worker runs a task on this seat.
+    bool queued = false;   // The seat is in `work_queue_`.
+  };
+
+  enum class TaskKind { kNone, kPull, kOpen, kProduce };
+  // One unit of a worker's work, and what running it produced.
+  struct Task {
+    TaskKind kind = TaskKind::kNone;
+    Seat* seat = nullptr;
+    absl::Status status;
+    BufferedElement element;  // kPull: the input element; kProduce: output.
+    bool end = false;         // End of the input / of the source.
+    int64_t elapsed_nanos = 0;
+    std::unique_ptr<tensorflow::data::MemoryCheckpoint> input_checkpoint;
   };
 
   // Why the consumer waits, so that workers wake it only when it matters.
   enum class ConsumerWait { kNone, kSource, kInput, kAny };
   // What a seat does after its source fails.
-  enum class ErrorAction { kRetry, kSkip, kDeliver, kDeliverAndEnd };
+  enum class ErrorAction { kRetry, kSkip, kDeliver };
 
   absl::Status EnsureStarted(tensorflow::data::IteratorContext* ctx)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  Seat* AddSeat() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void StartSeatThread(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SeatThread(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
-  // Pulls the next input element for `seat`. Returns false when the seat
-  // should exit (input ended or cancelled).
-  bool AcquireSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
-  // Opens the seat's nested iterator and fills its buffer from it until the
-  // source ends (or fails for good).
-  void RunSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  void WorkerThread() TF_LOCKS_EXCLUDED(mu_);
+  // Picks the next task and claims its seat; kNone when there is none.
+  Task NextTask() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs a task's TensorFlow work, without `mu_`.
+  void RunTask(Task* task) TF_LOCKS_EXCLUDED(mu_);
+  // Applies a task's result to its seat and releases the claim. A dropped
+  // nested iterator goes to `*dropped`, to be destroyed without `mu_`.
+  void FinishTask(Task* task, tensorflow::mutex_lock& lock,
+                  std::unique_ptr<tensorflow::data::IteratorBase>* dropped)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishPull(Task* task) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FinishFailure(Task* task, tensorflow::mutex_lock& lock,
+                     std::unique_ptr<tensorflow::data::IteratorBase>* dropped)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes the nested iterator from the input element and skips the elements
   // the source already produced (when reopening after an error or after a
   // symbolic restore). Runs as an active call.
@@ -205,14 +236,10 @@ class SourcePool : public StatsSource {
   // Waits for the retry delay of the seat's `retries`-th retry.
   void WaitBeforeRetry(Seat* seat, tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Marks the seat's source ended and drops its iterator.
-  void EndSource(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
-  // Blocks while a pause is requested (or, when `need_room`, while the
-  // buffer or the memory budget is full), then counts the caller in
-  // `active_calls_`. False when cancelled.
-  bool BeginCall(Seat* seat, tensorflow::mutex_lock& lock, bool need_room)
+  // Marks the seat's source ended; its iterator goes to `*dropped`.
+  void EndSource(Seat* seat,
+                 std::unique_ptr<tensorflow::data::IteratorBase>* dropped)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void EndCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Adds an element to the seat's buffer, first waiting until its bytes fit
   // the memory budget. False when cancelled.
   bool Push(Seat* seat, BufferedElement element, tensorflow::mutex_lock& lock)
@@ -221,19 +248,39 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ConsumerWaitsOn(const Seat& seat) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a worker could run a task on the seat now.
+  bool HasWork(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Queues the seat if it has work; wakes a worker when `urgent`.
+  void Offer(Seat* seat, bool urgent) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes a sleeping worker, or starts one if none sleeps and fewer than
+  // one per seat run. Work on a fast source (`parallel` false) needs no
+  // worker of its own: if one is already being woken, it will do it.
+  void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes a worker for queued work when the caller is about to block.
+  void WakeForRemainingWork() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // True once no task can ever come: workers may exit.
+  bool Drained() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  // The consumer wakes a worker waiting for room once its buffer holds at
-  // most this many elements. A fast source is refilled only when empty, so
-  // each wake-up yields a whole buffer instead of one element (wake-ups, not
-  // the elements, dominate the cost of tiny elements); a slow source is
-  // woken as soon as there is room, so its latency stays hidden.
+  // The consumer wakes a worker for a source with room once its buffer
+  // holds at most this many elements. A fast source is refilled only when
+  // empty, so each wake-up yields whole buffers instead of one element
+  // (wake-ups, not the elements, dominate the cost of tiny elements); a slow
+  // source is woken for as soon as there is room, so its latency stays
+  // hidden.
   int64_t RefillThreshold(const Seat& seat) const;
-  // Wakes the seat's thread if it waits; each wait needs one notification.
-  void WakeSeat(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void WakeSeatsWaitingForBudget() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   SourceState StateOf(int64_t source) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void ReleaseSource(int64_t source) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the front element of the seat's buffer for the consumer.
+  BufferedElement TakeElement(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees the seat of a source the scheduler is done with. Returns the error
+  // to deliver at this point of the order when the source was skipped one
+  // time too many (`max_skipped_inputs`), else OK.
+  absl::Status ReleaseSource(int64_t source) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts a skipped input at its place in the consumer's order.
+  absl::Status AccountSkip(const Seat& seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sources of the cycle with nothing buffered that have not ended.
+  std::vector<const Seat*> PendingCycleSeats() const
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeConsumer(ConsumerWait reason, int64_t source)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits on `consumer_cond_var_` for the reason in `consumer_wait_`,
@@ -258,15 +305,23 @@ class SourcePool : public StatsSource {
   const SourcePoolCallbacks callbacks_;
   const int64_t num_seats_;
 
-  // Serializes `pull_input`; always taken before `mu_`.
-  tensorflow::mutex input_mu_;
-
   mutable tensorflow::mutex mu_;
   tensorflow::condition_variable consumer_cond_var_;
   // Signalled when `active_calls_` drops to zero during a pause.
   tensorflow::condition_variable pause_cond_var_;
   InterleaveScheduler scheduler_ TF_GUARDED_BY(mu_);
   std::vector<std::unique_ptr<Seat>> seats_ TF_GUARDED_BY(mu_);
+  std::deque<Seat*> free_seats_ TF_GUARDED_BY(mu_);
+  std::deque<Seat*> work_queue_ TF_GUARDED_BY(mu_);
+  bool input_busy_ TF_GUARDED_BY(mu_) = false;  // A worker pulls the input.
+  std::vector<std::unique_ptr<tensorflow::Thread>> workers_ TF_GUARDED_BY(mu_);
+  int64_t idle_workers_ TF_GUARDED_BY(mu_) = 0;
+  // Workers notified that have not woken up yet.
+  int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
+  tensorflow::condition_variable worker_cond_var_;
+  // Workers waiting out a retry delay, or for the memory budget.
+  tensorflow::condition_variable retry_cond_var_;
+  tensorflow::condition_variable budget_cond_var_;
   absl::flat_hash_map<int64_t, Seat*> seat_of_source_ TF_GUARDED_BY(mu_);
   int64_t sources_pulled_ TF_GUARDED_BY(mu_) = 0;
   bool input_ended_ TF_GUARDED_BY(mu_) = false;
@@ -276,8 +331,10 @@ class SourcePool : public StatsSource {
   ConsumerWait consumer_wait_ TF_GUARDED_BY(mu_) = ConsumerWait::kNone;
   int64_t consumer_wait_source_ TF_GUARDED_BY(mu_) = -1;
   std::vector<int64_t> released_ TF_GUARDED_BY(mu_);
+  // An element already taken from its buffer, returned by the next
+  // `GetNext` because an error had to come first.
+  std::vector<BufferedElement> stashed_ TF_GUARDED_BY(mu_);
   int64_t buffered_bytes_ TF_GUARDED_BY(mu_) = 0;
-  int64_t seats_waiting_for_budget_ TF_GUARDED_BY(mu_) = 0;
 
   // Stats (see interleave_stats.h).
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;
@@ -300,9 +357,9 @@ class SourcePool : public StatsSource {
   // Child of the iterator's cancellation manager; set in `Initialize`.
   std::unique_ptr<tensorflow::CancellationManager> cancellation_manager_;
   std::function<void()> deregister_parent_cancellation_;
-  // The context every seat thread runs with (copied from the first
-  // `GetNext`, with `cancellation_manager_`). Set once, under `mu_`, before
-  // the first seat starts; read-only afterwards, so seats read it unlocked.
+  // The context every worker runs with (copied from the first `GetNext`,
+  // with `cancellation_manager_`). Set once, under `mu_`, before the first
+  // worker starts; read-only afterwards, so workers read it unlocked.
   std::unique_ptr<tensorflow::data::IteratorContext> seat_ctx_;
 };
 

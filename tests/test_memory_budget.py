@@ -1,0 +1,381 @@
+"""``memory_budget_bytes``: a bound on the bytes held in all buffers together.
+
+Workers pause when the budget is reached; the buffer of the input the consumer
+waits on may always take one element, so the pipeline never deadlocks, even when a
+single element is bigger than the whole budget.  So the bytes buffered, sampled
+from ``tf_interleave.stats()["buffered_bytes"]`` while the pipeline runs, never
+exceed ``budget + the largest element``; and the output is unchanged (exactly the
+reference order in deterministic mode, the same multiset in sloppy mode).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import types
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import pytest
+import tensorflow as tf
+
+from pipelines import STRIDE, Straggler, nested_values
+from reference_model import interleave_order
+
+MODES = [False, True]
+MODE_IDS = ["deterministic", "sloppy"]
+TIMEOUT_SECONDS = 60.0
+FLOAT_BYTES = 4
+
+
+def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
+    """Runs ``fn(*args)`` in a daemon thread; a hang (deadlock) fails the test instead of blocking it."""
+    result: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def tensor_map_func(sizes: Sequence[int], floats: Sequence[int]) -> Callable:
+    """Input ``i`` yields ``sizes[i]`` float32 vectors of ``floats[i]`` values ``STRIDE * i + j``."""
+    size_list = [int(size) for size in sizes]
+    float_list = [int(count) for count in floats]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        size = tf.gather(tf.constant(size_list, tf.int64), index)
+        length = tf.gather(tf.constant(float_list, tf.int64), index)
+        base = tf.constant(STRIDE, tf.int64) * index
+        return tf.data.Dataset.range(base, base + size).map(
+            lambda value: tf.fill(tf.reshape(length, [1]), tf.cast(value, tf.float32)))
+
+    return map_func
+
+
+def without_injected_prefetch(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """The consumer of the op is the test itself, not an autotuned prefetch buffer."""
+    options = tf.data.Options()
+    options.experimental_optimization.inject_prefetch = False
+    return dataset.with_options(options)
+
+
+def live_ids() -> set:
+    import tf_interleave
+
+    return {entry["id"] for entry in tf_interleave.stats()}
+
+
+class BufferSampler:
+    """Samples the stats of the iterators created after ``start()`` from a background thread."""
+
+    def __init__(self) -> None:
+        self.before: set = set()
+        self.samples: List[Dict[str, Any]] = []
+        self.inconsistent: List[Dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "BufferSampler":
+        self.before = live_ids()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        import tf_interleave
+
+        for entry in tf_interleave.stats():
+            if entry["id"] in self.before:
+                continue
+            self.samples.append({key: entry[key] for key in ("buffered_bytes", "buffered_elements",
+                                                               "memory_budget_bytes")})
+            per_input = sum(item["buffered_bytes"] for item in entry["inputs"])
+            if per_input != entry["buffered_bytes"]:
+                self.inconsistent.append(entry)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(0.0005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max((sample["buffered_bytes"] for sample in self.samples), default=0)
+
+
+def element_key(element: tf.Tensor) -> Tuple[int, int]:
+    values = element.numpy()
+    return int(values[0]), int(values.shape[0])
+
+
+def expected_keys(sizes: Sequence[int], floats: Sequence[int]) -> List[List[Tuple[int, int]]]:
+    return [[(value, floats[index]) for value in values] for index, values in enumerate(nested_values(sizes))]
+
+
+def check_output(sloppy: bool, got: List[Any], expected: List[Any]) -> None:
+    if sloppy:
+        assert collections.Counter(got) == collections.Counter(expected)
+        assert len(got) == len(expected)
+    else:
+        assert got == expected
+
+
+def drain_sampling(dataset: tf.data.Dataset, pause_seconds: float = 0.001
+                   ) -> Tuple[List[Tuple[int, int]], BufferSampler]:
+    """Drains ``dataset`` slowly (so workers run ahead) while sampling its buffers."""
+    sampler = BufferSampler().start()
+    try:
+        def go() -> List[Tuple[int, int]]:
+            keys = []
+            iterator = iter(dataset)
+            for element in iterator:
+                keys.append(element_key(element))
+                sampler.sample()
+                time.sleep(pause_seconds)
+            return keys
+
+        keys = bounded(go)
+    finally:
+        sampler.stop()
+    return keys, sampler
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("value", [0, -1, -4096])
+def test_budget_must_be_positive(tfi: types.ModuleType, value: int) -> None:
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        tf.data.Dataset.range(2).apply(tfi.parallel_interleave(
+            tensor_map_func([1, 1], [4, 4]), cycle_length=2, memory_budget_bytes=value))
+    assert "memory_budget_bytes" in str(raised.value)
+    assert str(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("value", [1.5, "4096", True, 4096.0])
+def test_budget_must_be_an_int(tfi: types.ModuleType, value: Any) -> None:
+    with pytest.raises(TypeError) as raised:
+        tf.data.Dataset.range(2).apply(tfi.parallel_interleave(
+            tensor_map_func([1, 1], [4, 4]), cycle_length=2, memory_budget_bytes=value))
+    assert "memory_budget_bytes" in str(raised.value)
+    assert repr(value) in str(raised.value) or str(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("budget", [None, 1, 12345])
+def test_stats_report_the_budget(tfi: types.ModuleType, budget: Optional[int]) -> None:
+    dataset = tf.data.Dataset.range(3).apply(tfi.parallel_interleave(
+        tensor_map_func([2, 2, 2], [8, 8, 8]), cycle_length=2, memory_budget_bytes=budget))
+
+    def go() -> int:
+        before = live_ids()
+        iterator = iter(dataset)
+        next(iterator)
+        import tf_interleave
+
+        (entry,) = [entry for entry in tf_interleave.stats() if entry["id"] not in before]
+        return entry["memory_budget_bytes"]
+
+    assert bounded(go) == (budget or 0)
+
+
+# ----------------------------------------------------------------------------- the bound
+
+# (name, nested sizes, floats per element for each input, budget in bytes)
+BUDGET_CASES = [
+    # Elements of 1-4 KB, budget about three of them.
+    ("small_elements", (12, 12, 12, 12, 12, 12, 12, 12), (256, 512, 1024, 256, 768, 1024, 512, 256), 10_000),
+    # Every element (4 KB) is bigger than the whole budget.
+    ("elements_bigger_than_budget", (10, 10, 10, 10, 10, 10), (1024,) * 6, 1_000),
+    # Mixed: some inputs' elements exceed the budget, others are tiny.
+    ("mixed", (8, 12, 6, 10, 9, 7, 11), (2048, 16, 128, 1500, 64, 3000, 32), 6_000),
+]
+# (cycle_length, block_length, prefetch_input_elements, buffer_output_elements)
+BUDGET_CONFIGS = [(3, 1, 3, 8), (2, 3, 1, 4), (4, 2, 0, 16)]
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("config", BUDGET_CONFIGS, ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
+@pytest.mark.parametrize("case", BUDGET_CASES, ids=[case[0] for case in BUDGET_CASES])
+def test_buffered_bytes_stay_within_budget_plus_one_element(
+        tfi: types.ModuleType, case: Tuple[str, Sequence[int], Sequence[int], int],
+        config: Tuple[int, int, int, int], sloppy: bool) -> None:
+    _, sizes, floats, budget = case
+    cycle_length, block_length, prefetch, buffer = config
+    dataset = without_injected_prefetch(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=cycle_length, block_length=block_length, sloppy=sloppy,
+        prefetch_input_elements=prefetch, buffer_output_elements=buffer, memory_budget_bytes=budget)))
+    keys, sampler = drain_sampling(dataset)
+
+    # No deadlock and nothing lost: the output is exactly the one without a budget.
+    check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), cycle_length, block_length,
+                                                prefetch, buffer))
+    largest = FLOAT_BYTES * max(floats)
+    assert sampler.samples, "stats() never listed the iterator"
+    assert all(sample["memory_budget_bytes"] == budget for sample in sampler.samples)
+    over = sorted({sample["buffered_bytes"] for sample in sampler.samples if sample["buffered_bytes"] > budget + largest})
+    assert not over, (f"buffered_bytes exceeded budget ({budget}) + largest element ({largest}) = "
+                      f"{budget + largest}: peak {sampler.peak_bytes}, over-budget values {over[:10]}")
+    assert not sampler.inconsistent, "per-input buffered_bytes do not add up to the total"
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_workers_still_buffer_ahead_within_the_budget(tfi: types.ModuleType, sloppy: bool) -> None:
+    """The budget bounds buffering; it does not switch it off."""
+    sizes, floats, budget = (20,) * 4, (256,) * 4, 8 * 1024  # 1 KB elements, room for 8
+    dataset = without_injected_prefetch(tf.data.Dataset.range(4).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=2, sloppy=sloppy, prefetch_input_elements=2,
+        buffer_output_elements=10, memory_budget_bytes=budget)))
+    import tf_interleave
+
+    def go() -> Tuple[int, int]:
+        before = live_ids()
+        iterator = iter(dataset)
+        next(iterator)
+        deadline = time.monotonic() + 10
+        filled = 0
+        while time.monotonic() < deadline:
+            (entry,) = [entry for entry in tf_interleave.stats() if entry["id"] not in before]
+            filled = entry["buffered_bytes"]
+            if filled >= budget - 1024:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)  # Give the workers time to overshoot, if they would.
+        (entry,) = [entry for entry in tf_interleave.stats() if entry["id"] not in before]
+        return filled, entry["buffered_bytes"]
+
+    filled, settled = bounded(go)
+    assert filled >= budget - 1024, f"workers buffered only {filled} bytes of an {budget}-byte budget"
+    assert settled <= budget + 1024, (f"with the consumer idle, {settled} bytes are buffered: more than the "
+                                      f"budget ({budget}) + one element (1024)")
+
+
+def test_without_a_budget_the_same_pipeline_buffers_more(tfi: types.ModuleType) -> None:
+    """Control for the sampling: the bound checked above is not met by chance."""
+    sizes, floats = (12,) * 8, (256, 512, 1024, 256, 768, 1024, 512, 256)
+    dataset = without_injected_prefetch(tf.data.Dataset.range(8).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=3, prefetch_input_elements=3, buffer_output_elements=8)))
+    keys, sampler = drain_sampling(dataset, pause_seconds=0.003)
+    assert keys == interleave_order(expected_keys(sizes, floats), 3, 1, 3, 8)
+    assert sampler.peak_bytes > 10_000 + 4096, sampler.peak_bytes
+
+
+# ----------------------------------------------------------------------------- no deadlock
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("config", [(1, 1, 0, 1), (2, 3, 2, 2), (4, 2, 4, 8), (3, 1, 0, 5)],
+                         ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
+def test_one_byte_budget_completes(tfi: types.ModuleType, config: Tuple[int, int, int, int], sloppy: bool) -> None:
+    cycle_length, block_length, prefetch, buffer = config
+    sizes, floats = (5, 0, 7, 3, 6, 1, 4), (64, 64, 300, 8, 1024, 2, 100)
+    dataset = tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=cycle_length, block_length=block_length, sloppy=sloppy,
+        prefetch_input_elements=prefetch, buffer_output_elements=buffer, memory_budget_bytes=1))
+    keys = bounded(lambda: [element_key(element) for element in dataset])
+    check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), cycle_length, block_length, prefetch,
+                                                buffer))
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_slow_input_gets_its_element_while_the_budget_is_full(tfi: types.ModuleType, sloppy: bool) -> None:
+    """Fast inputs fill the budget while the consumer waits on a slow one: it must still get through."""
+    sizes, floats, budget = (4, 6, 6, 6, 6), (1024,) * 5, 3 * 4096
+    straggler = Straggler()
+    base_map_func = tensor_map_func(sizes, floats)
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        def hold(element: tf.Tensor) -> tf.Tensor:
+            first = straggler.gate(element[0], tf.equal(index, 0))
+            return tf.concat([tf.reshape(first, [1]), element[1:]], 0)
+
+        return base_map_func(index).map(hold)
+
+    dataset = without_injected_prefetch(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+        map_func, cycle_length=3, sloppy=sloppy, prefetch_input_elements=2, buffer_output_elements=4,
+        memory_budget_bytes=budget)))
+    sampler = BufferSampler().start()
+    timer = straggler.release_later(0.4)
+    try:
+        keys = bounded(lambda: [element_key(element) for element in dataset])
+    finally:
+        timer.cancel()
+        straggler.release()
+        sampler.stop()
+    assert not straggler.timed_out
+    check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), 3, 1, 2, 4))
+    assert sampler.peak_bytes <= budget + 4096, (f"buffered_bytes peaked at {sampler.peak_bytes}, more than the "
+                                                 f"budget ({budget}) + one element (4096)")
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_staged_inputs_respect_the_budget_while_the_consumer_waits(tfi: types.ModuleType, sloppy: bool) -> None:
+    """cycle_length=1: the consumer waits on the slow input 0 while three prefetched (staged) inputs are fast.
+
+    The staged inputs are not what the consumer waits on (they cannot be emitted
+    before input 0 ends), so together they may only fill the budget (5000 bytes:
+    one 4 KB element), never one element per staged input.
+    """
+    sizes, floats, budget = (3, 4, 4, 4), (1024,) * 4, 5000
+    straggler = Straggler()
+    base_map_func = tensor_map_func(sizes, floats)
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        def hold(element: tf.Tensor) -> tf.Tensor:
+            first = straggler.gate(element[0], tf.equal(index, 0))
+            return tf.concat([tf.reshape(first, [1]), element[1:]], 0)
+
+        return base_map_func(index).map(hold)
+
+    dataset = without_injected_prefetch(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+        map_func, cycle_length=1, sloppy=sloppy, prefetch_input_elements=3, buffer_output_elements=4,
+        memory_budget_bytes=budget)))
+    sampler = BufferSampler().start()
+    timer = straggler.release_later(0.5)
+    try:
+        keys = bounded(lambda: [element_key(element) for element in dataset])
+    finally:
+        timer.cancel()
+        straggler.release()
+        sampler.stop()
+    check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), 1, 1, 3, 4))
+    assert sampler.peak_bytes <= budget + 4096, (
+        f"buffered_bytes peaked at {sampler.peak_bytes} while the consumer waited on input 0: more than the "
+        f"budget ({budget}) + one element (4096)")
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_budget_in_graph_mode(tfi: types.ModuleType, sloppy: bool) -> None:
+    sizes, floats = (3, 5, 2, 4), (2048, 16, 1024, 512)
+
+    def go() -> List[Tuple[int, int]]:
+        with tf.Graph().as_default():
+            dataset = tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+                tensor_map_func(sizes, floats), cycle_length=2, block_length=2, sloppy=sloppy,
+                memory_budget_bytes=4096))
+            next_element = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+            keys = []
+            with tf.compat.v1.Session() as session:
+                while True:
+                    try:
+                        values = session.run(next_element)
+                    except tf.errors.OutOfRangeError:
+                        return keys
+                    keys.append((int(values[0]), int(values.shape[0])))
+
+    check_output(sloppy, bounded(go), interleave_order(expected_keys(sizes, floats), 2, 2))
