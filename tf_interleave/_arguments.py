@@ -78,7 +78,8 @@ def check_seats(cycle_length: IntArgument,
                 prefetch_input_elements: IntArgument) -> None:
   """Rejects more worker threads than the kernel accepts (Python ints only)."""
   if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
-    if cycle_length + prefetch_input_elements > MAX_SEATS:
+    # As Python ints: NumPy integers of small types would wrap around.
+    if int(cycle_length) + int(prefetch_input_elements) > MAX_SEATS:
       raise _invalid(
           f"`cycle_length` + `prefetch_input_elements` must be at most "
           f"{MAX_SEATS} (one worker thread each), got cycle_length="

@@ -209,12 +209,25 @@ void SourcePool::WorkerThread() {
     dropped.reset();  // Without `mu_`: tearing a pipeline down takes time.
     if (task.kind != TaskKind::kNone) RunTask(&task);
     mutex_lock l(mu_);
+    Seat* follow_up = nullptr;
     if (task.kind != TaskKind::kNone) {
       if (--active_calls_ == 0 && pause_requests_ > 0) {
         pause_cond_var_.notify_all();
       }
       FinishTask(&task, l, &dropped);
+      follow_up = task.follow_up;
       task = Task();
+    }
+    if (follow_up != nullptr) {
+      if (!cancelled_ && pause_requests_ == 0 && !follow_up->queued &&
+          HasWork(*follow_up)) {
+        task.kind = TaskKind::kProduce;
+        task.seat = follow_up;
+        follow_up->claimed = true;
+        ++active_calls_;
+        continue;
+      }
+      Offer(follow_up, /*urgent=*/false);
     }
     while (true) {
       task = NextTask();
@@ -373,7 +386,9 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
           EndSource(seat, dropped);  // Where a skipped source stopped before.
           return;
         }
-        Offer(seat, /*urgent=*/false);
+        // The worker goes on filling this buffer (see `WorkerThread`), so a
+        // source that is being read keeps its worker.
+        task->follow_up = seat;
         return;
       }
       break;
@@ -679,6 +694,20 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
     // Waiting on a source lets it exceed the budget by one element.
     budget_cond_var_.notify_all();
     for (auto& seat : seats_) Offer(seat.get(), /*urgent=*/false);
+  }
+  if (reason == ConsumerWait::kSource) {
+    // The awaited source goes first, whatever else is queued.
+    auto it = seat_of_source_.find(wait_source);
+    if (it != seat_of_source_.end()) {
+      Seat* seat = it->second;
+      Offer(seat, /*urgent=*/false);
+      if (seat->queued) {
+        work_queue_.erase(
+            std::find(work_queue_.begin(), work_queue_.end(), seat));
+        work_queue_.push_front(seat);
+        WakeWorker(/*parallel=*/true);
+      }
+    }
   }
   // Whatever the consumer waits for may sit in the queue of a lazy refill.
   WakeForRemainingWork();

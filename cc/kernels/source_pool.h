@@ -204,6 +204,8 @@ class SourcePool : public StatsSource {
     bool end = false;         // End of the input / of the source.
     int64_t elapsed_nanos = 0;
     std::unique_ptr<tensorflow::data::MemoryCheckpoint> input_checkpoint;
+    // A seat the worker goes on producing for, without queueing it.
+    Seat* follow_up = nullptr;
   };
 
   // Why the consumer waits, so that workers wake it only when it matters.
