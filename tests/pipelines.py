@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -257,3 +257,23 @@ def builtin_matches(case: Case, expected: List[int], max_runs: int = 8) -> Tuple
         if observed[-1] == expected:
             return True, observed
     return False, observed
+
+
+def bounded(fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
+    """Runs ``fn(*args)`` in a daemon thread; a hang fails the test instead of blocking it."""
+    result: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (hung?)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

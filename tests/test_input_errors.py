@@ -30,37 +30,23 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, MAX_STEPS, Failure, nested_values, to_python
+from pipelines import STRIDE, MAX_STEPS, Failure, nested_values, to_python, bounded as _bounded
 from reference_model import interleave_order
 
 MODES = [False, True]
 MODE_IDS = ["deterministic", "sloppy"]
 # Longest time one pipeline may take before the test calls it hung.
 TIMEOUT_SECONDS = 60.0
+
+
+def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
+    """``pipelines.bounded`` with this module's time limit."""
+    return _bounded(fn, *args, timeout=timeout)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
 
-
-def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
-    """Runs ``fn(*args)`` in a daemon thread; a hang fails the test instead of blocking it."""
-    result: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = fn(*args)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
-            result["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise AssertionError(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (hung?)")
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def drain(iterator) -> List[Any]:

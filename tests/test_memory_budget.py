@@ -19,33 +19,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Straggler, nested_values
+from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded
 from reference_model import interleave_order
 
 MODES = [False, True]
 MODE_IDS = ["deterministic", "sloppy"]
 TIMEOUT_SECONDS = 60.0
-FLOAT_BYTES = 4
 
 
 def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
-    """Runs ``fn(*args)`` in a daemon thread; a hang (deadlock) fails the test instead of blocking it."""
-    result: Dict[str, Any] = {}
+    """``pipelines.bounded`` with this module's time limit."""
+    return _bounded(fn, *args, timeout=timeout)
+FLOAT_BYTES = 4
 
-    def target() -> None:
-        try:
-            result["value"] = fn(*args)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the caller
-            result["error"] = error
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise AssertionError(f"{getattr(fn, '__name__', fn)} did not finish within {timeout} s (deadlock?)")
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def tensor_map_func(sizes: Sequence[int], floats: Sequence[int]) -> Callable:
