@@ -22,6 +22,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -651,12 +652,15 @@ print("RESULT " + json.dumps(results), flush=True)
 """
 
 
-def test_each_skipped_input_is_logged_once() -> None:
+def test_each_skipped_input_is_logged_once(tfi: types.ModuleType) -> None:
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    # The child imports the package this process tests (installed or built in place); it runs
+    # outside the source tree so that the tree's unbuilt package cannot shadow it.
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tfi.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
     completed = subprocess.run([sys.executable, "-c", _LOG_SCRIPT], env=env, capture_output=True, text=True,
-                               timeout=180, cwd=str(REPO_ROOT))
+                               timeout=180, cwd=tempfile.gettempdir())
     assert completed.returncode == 0, completed.stderr[-4000:]
     (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     results = json.loads(line[len("RESULT "):])

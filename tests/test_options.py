@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 import types
 from typing import Callable, Optional
@@ -134,8 +135,9 @@ def test_op_determinism_forces_deterministic_order(tfi: types.ModuleType) -> Non
     environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                        PYTHONPATH=os.pathsep.join(search_path + [os.environ.get("PYTHONPATH", "")]))
     script = _OP_DETERMINISM_SCRIPT.format(module=tfi.__name__, sizes=SIZES, cycle_length=CYCLE_LENGTH)
+    # Outside the source tree, whose unbuilt package would shadow the one under test.
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
-                           env=environment)
+                           env=environment, cwd=tempfile.gettempdir())
     assert child.returncode == 0, child.stderr[-3000:]
     printed = [line for line in child.stdout.splitlines() if line.startswith("[")]
     assert printed == [str(EXPECTED)] * 2

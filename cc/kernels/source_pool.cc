@@ -651,10 +651,11 @@ std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
   return pending;
 }
 
-std::string SourcePool::WaitTargetLabel() const {
-  switch (consumer_wait_) {
+std::string SourcePool::WaitTargetLabel(ConsumerWait reason,
+                                        int64_t source) const {
+  switch (reason) {
     case ConsumerWait::kSource: {
-      auto it = seat_of_source_.find(consumer_wait_source_);
+      auto it = seat_of_source_.find(source);
       return it == seat_of_source_.end() ? "" : it->second->label;
     }
     case ConsumerWait::kInput:
@@ -663,6 +664,7 @@ std::string SourcePool::WaitTargetLabel() const {
       // Sloppy: the consumer waits for whichever input of the cycle comes
       // first; name it when only one can.
       const std::vector<const Seat*> pending = PendingCycleSeats();
+      if (pending.empty()) return "the input dataset";
       if (pending.size() == 1) return pending[0]->label;
       std::vector<std::string> labels;
       for (size_t i = 0; i < pending.size() && i < 4; ++i) {
@@ -689,7 +691,10 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
     if (pending.size() == 1) source = pending[0]->source;
   }
   const int64_t start_nanos = EnvTime::NowNanos();
-  waiting_on_ = WaitTargetLabel();
+  // Stats name the target when they are read: what a sloppy wait waits on
+  // changes as inputs open.
+  wait_reason_ = reason;
+  wait_reason_source_ = wait_source;
   if (options_.memory_budget_bytes > 0) {
     // Waiting on a source lets it exceed the budget by one element.
     budget_cond_var_.notify_all();
@@ -725,9 +730,10 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
       // Woken in time.
     } else if (!cancelled_) {
       ++stall_warnings_;
+      const std::string label = WaitTargetLabel(reason, wait_source);
       LOG(WARNING) << "tf_interleave: the consumer has waited "
                    << options_.stall_warning_seconds << " s for "
-                   << (waiting_on_.empty() ? "an input" : waiting_on_)
+                   << (label.empty() ? "an input" : label)
                    << " (stall_warning_seconds="
                    << options_.stall_warning_seconds << ")";
       // Keep waiting, without more warnings for this wait.
@@ -744,7 +750,7 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
     auto it = seat_of_source_.find(source);
     if (it != seat_of_source_.end()) it->second->wait_nanos += waited;
   }
-  waiting_on_.clear();
+  wait_reason_ = ConsumerWait::kNone;
   consumer_wait_ = ConsumerWait::kNone;
 }
 
@@ -848,7 +854,7 @@ IteratorStats SourcePool::Stats() const {
   stats.inputs_opened = sources_pulled_;
   stats.input_ended = input_ended_;
   stats.consumer_wait_seconds = consumer_wait_nanos_ * 1e-9;
-  stats.waiting_on = waiting_on_;
+  stats.waiting_on = WaitTargetLabel(wait_reason_, wait_reason_source_);
   stats.sloppy_skips = scheduler_.state().sloppy_skips;
   stats.retries = retries_;
   stats.stall_warnings = stall_warnings_;

@@ -290,7 +290,9 @@ class SourcePool : public StatsSource {
   void WaitAsConsumer(tensorflow::data::IteratorContext* ctx,
                       tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::string WaitTargetLabel() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Names what the consumer waits on, for stats and warnings.
+  std::string WaitTargetLabel(ConsumerWait reason, int64_t source) const
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Status CheckArguments(int64_t cycle_length, int64_t block_length,
                               int64_t buffer_output_elements,
@@ -344,7 +346,9 @@ class SourcePool : public StatsSource {
   int64_t consumer_wait_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t retries_ TF_GUARDED_BY(mu_) = 0;
   int64_t stall_warnings_ TF_GUARDED_BY(mu_) = 0;
-  std::string waiting_on_ TF_GUARDED_BY(mu_);
+  // What the consumer waits on while it does (kNone otherwise).
+  ConsumerWait wait_reason_ TF_GUARDED_BY(mu_) = ConsumerWait::kNone;
+  int64_t wait_reason_source_ TF_GUARDED_BY(mu_) = -1;
   std::vector<SkippedInput> skipped_inputs_ TF_GUARDED_BY(mu_);
   std::deque<InputStats> finished_inputs_ TF_GUARDED_BY(mu_);
   int64_t stats_id_ = 0;
