@@ -268,10 +268,14 @@ def test_cancel_consumer_blocked_in_get_next(tfi: types.ModuleType, baseline: in
         reader = CancellableReader(iterator, case.total + 1)
         time.sleep(rng.uniform(0, 0.4))
         reader.cancel_and_join()
-        assert isinstance(reader.error, tf.errors.CancelledError), (case, reader.error)
+        # The op answers a cancelled get_next with CancelledError.  The prefetch that tf.data injects after
+        # the op sometimes reports its cancelled input as the end of the sequence instead (a race inside
+        # TensorFlow's PrefetchDataset; never seen without it).
+        allowed = (tf.errors.CancelledError, tf.errors.OutOfRangeError) if inject_prefetch else (
+            tf.errors.CancelledError,)
+        assert isinstance(reader.error, allowed), (case, inject_prefetch, reader.error)
         case.check_prefix(reader.values)
-        # The iterator stays cancelled.  TensorFlow's injected prefetch reports a cancelled input as the end of
-        # the sequence (the built-in op behaves the same); the op itself answers CancelledError.
+        # The iterator stays cancelled (or, behind the injected prefetch, ended).
         try:
             next(iterator)
         except tf.errors.CancelledError:
