@@ -72,8 +72,12 @@ class Failure:
 
 def collect_with_errors(dataset: tf.data.Dataset) -> List[Any]:
     """Drains ``dataset`` eagerly, recording each error as a ``Failure`` and carrying on."""
+    return drain_iterator(iter(dataset))
+
+
+def drain_iterator(iterator) -> List[Any]:
+    """Reads an eager iterator to its end; each delivered error becomes a ``Failure``."""
     values: List[Any] = []
-    iterator = iter(dataset)
     for _ in range(MAX_STEPS):
         try:
             element = next(iterator)
@@ -83,7 +87,7 @@ def collect_with_errors(dataset: tf.data.Dataset) -> List[Any]:
             values.append(Failure(type(error).__name__))
         else:
             values.append(to_python(tf.nest.map_structure(lambda t: t.numpy(), element)))
-    raise AssertionError(f"dataset did not end within {MAX_STEPS} steps")
+    raise AssertionError(f"iterator did not end within {MAX_STEPS} steps")
 
 
 def run_session_until_end(session: tf.compat.v1.Session, next_element: Any) -> List[Any]:
@@ -277,3 +281,26 @@ def bounded(fn: Callable[..., Any], *args: Any, timeout: float = 60.0) -> Any:
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def run_child_script(package: Any, script: str) -> Tuple[Any, Dict[str, Any]]:
+    """Runs ``script`` in a fresh Python with C++ logging on; returns it and its ``RESULT`` JSON.
+
+    The child imports the package this process tests (installed or built in place); it runs
+    outside the source tree so that the tree's unbuilt package cannot shadow it.
+    """
+    import json  # pylint: disable=g-import-not-at-top
+    import os  # pylint: disable=g-import-not-at-top
+    import pathlib  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
+    env = dict(os.environ)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(package.__file__).resolve().parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    completed = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                               timeout=180, cwd=tempfile.gettempdir())
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    return completed, json.loads(line[len("RESULT "):])

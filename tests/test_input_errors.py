@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, MAX_STEPS, Failure, nested_values, to_python, bounded as _bounded
+from pipelines import STRIDE, MAX_STEPS, Failure, nested_values, to_python, bounded as _bounded, drain_iterator, run_child_script
 from reference_model import interleave_order
 
 MODES = [False, True]
@@ -52,17 +52,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def drain(iterator) -> List[Any]:
     """Reads ``iterator`` to its end; each delivered error becomes a ``Failure``."""
-    values: List[Any] = []
-    for _ in range(MAX_STEPS):
-        try:
-            element = next(iterator)
-        except StopIteration:
-            return values
-        except tf.errors.OpError as error:
-            values.append(Failure(type(error).__name__))
-        else:
-            values.append(to_python(tf.nest.map_structure(lambda t: t.numpy(), element)))
-    raise AssertionError(f"iterator did not end within {MAX_STEPS} steps")
+    return drain_iterator(iterator)
 
 
 def drain_with_messages(iterator) -> Tuple[List[Any], List[str]]:
@@ -653,17 +643,7 @@ print("RESULT " + json.dumps(results), flush=True)
 
 
 def test_each_skipped_input_is_logged_once(tfi: types.ModuleType) -> None:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    # The child imports the package this process tests (installed or built in place); it runs
-    # outside the source tree so that the tree's unbuilt package cannot shadow it.
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tfi.__file__).resolve().parents[1]),
-                                         env.get("PYTHONPATH", "")])
-    completed = subprocess.run([sys.executable, "-c", _LOG_SCRIPT], env=env, capture_output=True, text=True,
-                               timeout=180, cwd=tempfile.gettempdir())
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    results = json.loads(line[len("RESULT "):])
+    completed, results = run_child_script(tfi, _LOG_SCRIPT)
     sizes = [1, 5, 3, 5, 0, 4]
     expected = sorted(STRIDE * index + j for index, size in enumerate(sizes) for j in range(size))
     for mode in ("det", "sloppy"):

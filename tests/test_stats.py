@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded
+from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded, run_child_script
 from reference_model import interleave_order
 
 MODES = [False, True]
@@ -679,17 +679,7 @@ print("RESULT " + json.dumps(results), flush=True)
 
 
 def test_stall_warning_is_logged_naming_the_input(tfi: types.ModuleType) -> None:
-    env = dict(os.environ)
-    env["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    # The child imports the package this process tests (installed or built in place); it runs
-    # outside the source tree so that the tree's unbuilt package cannot shadow it.
-    env["PYTHONPATH"] = os.pathsep.join([str(pathlib.Path(tfi.__file__).resolve().parents[1]),
-                                         env.get("PYTHONPATH", "")])
-    completed = subprocess.run([sys.executable, "-c", _STALL_SCRIPT], env=env, capture_output=True, text=True,
-                               timeout=180, cwd=tempfile.gettempdir())
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    results = json.loads(line[len("RESULT "):])
+    completed, results = run_child_script(tfi, _STALL_SCRIPT)
     warnings = [line for line in completed.stderr.splitlines()
                 if "tf_interleave: the consumer has waited" in line]
     problems = []
