@@ -20,6 +20,7 @@ OP_LIBRARY_HDRS = [
     "cc/kernels/checkpoint_io.h",
     "cc/kernels/interleave_scheduler.h",
     "cc/kernels/interleave_stats.h",
+    "cc/kernels/source_pace.h",
     "cc/kernels/source_pool.h",
     "cc/kernels/parallel_interleave_dataset_op.h",
 ]

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs the C++ tests of the scheduler (cc/tests/, no TensorFlow
-# needed) three ways: plain (-O2), under ThreadSanitizer, and under
-# AddressSanitizer + UndefinedBehaviorSanitizer. Fails on any failed check and
-# on any sanitizer report.
+# Builds and runs the C++ tests of the scheduler and of the source pace
+# (cc/tests/, no TensorFlow needed) three ways: plain (-O2), under
+# ThreadSanitizer, and under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Fails on any failed check and on any sanitizer report.
 #
 # Usage: scripts/cpp_tests.sh [plain|tsan|asan ...]   (default: all three)
 # Environment: CXX (default g++), BUILD_DIR (default build/cpp_tests).
@@ -21,7 +21,7 @@ exec(open("cc/sources.bzl").read(), scope)
 print("\n".join(scope["SCHEDULER_SRCS"]))
 EOF
 )
-TESTS=(interleave_scheduler_test scheduler_threaded_test)
+TESTS=(interleave_scheduler_test scheduler_threaded_test source_pace_test)
 COMMON_FLAGS=(-std=c++17 -pthread -Wall -Wextra -I"$ROOT")
 
 mkdir -p "$BUILD_DIR"

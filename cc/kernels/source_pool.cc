@@ -27,8 +27,15 @@ using ::tensorflow::data::IteratorContext;
 using ::tensorflow::profiler::TraceMe;
 using ::tensorflow::profiler::TraceMeEncode;
 
-// Producing an element faster than this marks a source as fast.
-constexpr int64_t kFastSourceNanos = 50 * 1000;
+// While the consumer has produced an element inline within the last
+// kInlineRecentNanos, one idle worker wakes every kInlineWatchNanos: when an
+// inline call has lasted that long, workers take over the other sources.
+constexpr int64_t kInlineWatchNanos = 1000 * 1000;
+constexpr int64_t kInlineRecentNanos = 10 * 1000 * 1000;
+// Elements delivered without inline calls after one blocked in sloppy mode:
+// the first time, and at most.
+constexpr int64_t kSloppyInlinePauseElements = 4096;
+constexpr int64_t kMaxSloppyInlinePauseElements = 1 << 24;
 // Retry delays stop doubling here.
 constexpr int64_t kMaxRetryBackoffMicros = 10 * 1000 * 1000;
 // Finished inputs kept in stats, most recent last.
@@ -53,6 +60,19 @@ std::string LabelOf(const std::vector<Tensor>& element, int64_t source) {
   return absl::StrCat("input #", source);
 }
 
+// Releases a held mutex for the scope: the consumer produces an element
+// without holding the pool's lock.
+class ScopedUnlock {
+ public:
+  explicit ScopedUnlock(tensorflow::mutex* mu) : mu_(mu) { mu_->unlock(); }
+  ~ScopedUnlock() { mu_->lock(); }
+  ScopedUnlock(const ScopedUnlock&) = delete;
+  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
+
+ private:
+  tensorflow::mutex* const mu_;
+};
+
 }  // namespace
 
 SourcePool::SourcePool(const SourcePoolOptions& options,
@@ -60,7 +80,8 @@ SourcePool::SourcePool(const SourcePoolOptions& options,
     : options_(options),
       callbacks_(std::move(callbacks)),
       num_seats_(options.cycle_length + options.prefetch_input_elements),
-      scheduler_(options.cycle_length, options.block_length, options.sloppy) {}
+      scheduler_(options.cycle_length, options.block_length, options.sloppy),
+      inline_pause_elements_(kSloppyInlinePauseElements) {}
 
 SourcePool::~SourcePool() {
   // Leave the registry first: it may be reading this pool's stats.
@@ -147,7 +168,10 @@ void SourcePool::Offer(Seat* seat, bool urgent) {
     seat->queued = true;
     work_queue_.push_back(seat);
   }
-  if (urgent && seat->queued) WakeWorker(seat->needs_open || !seat->fast);
+  if (urgent && seat->queued) {
+    WakeWorker(seat->needs_open ||
+               seat->pace.kind() == SourcePace::Kind::kSlow);
+  }
 }
 
 void SourcePool::WakeWorker(bool parallel) {
@@ -234,7 +258,11 @@ void SourcePool::WorkerThread() {
       if (task.kind != TaskKind::kNone) {
         // A task that may block (a pull, an open, a slow source) must not
         // hold back the rest of the queue.
-        if (task.kind != TaskKind::kProduce || !task.seat->fast) {
+        // So must every task while the consumer is stuck in an inline
+        // call: the other sources may block the same way.
+        if (task.kind != TaskKind::kProduce ||
+            task.seat->pace.kind() == SourcePace::Kind::kSlow ||
+            inline_stalled_) {
           WakeForRemainingWork();
         }
         break;
@@ -247,14 +275,42 @@ void SourcePool::WorkerThread() {
       }
       ++idle_workers_;
       callbacks_.record_stop(ctx);
-      worker_cond_var_.wait(l);
+      WaitAsIdleWorker(l);
       callbacks_.record_start(ctx);
       --idle_workers_;
-      if (wakes_pending_ > 0) --wakes_pending_;
     }
   }
   dropped.reset();
   callbacks_.record_stop(ctx);
+}
+
+void SourcePool::WaitAsIdleWorker(mutex_lock& lock) {
+  while (true) {
+    const bool inline_recently =
+        last_inline_nanos_ != 0 &&
+        EnvTime::NowNanos() - last_inline_nanos_ < kInlineRecentNanos;
+    if (watcher_ || !inline_recently) {
+      worker_cond_var_.wait(lock);
+      break;
+    }
+    // The watcher: wakes up now and then while the consumer produces inline,
+    // to take over the other sources' work if an inline call blocks.
+    watcher_ = true;
+    const bool timed_out =
+        worker_cond_var_.wait_for(lock, std::chrono::nanoseconds(
+                                            kInlineWatchNanos)) ==
+        std::cv_status::timeout;
+    watcher_ = false;
+    if (!timed_out) break;
+    if (inline_start_nanos_ != 0 &&
+        EnvTime::NowNanos() - inline_start_nanos_ >= kInlineWatchNanos) {
+      inline_stalled_ = true;
+      break;
+    }
+    // A wake-up may have come just as the wait timed out, and missed it.
+    if (wakes_pending_ > 0 || cancelled_ || Drained()) break;
+  }
+  if (wakes_pending_ > 0) --wakes_pending_;
 }
 
 void SourcePool::RunTask(Task* task) {
@@ -326,7 +382,7 @@ void SourcePool::FinishPull(Task* task) {
   seat->skipped = false;
   seat->skip_error = absl::OkStatus();
   seat->stop_at = -1;
-  seat->fast = false;
+  seat->pace.Reset();
   seat->produced = 0;
   seat->delivered = 0;
   seat->delivered_bytes = 0;
@@ -372,8 +428,8 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
       }
       break;
     case TaskKind::kProduce:
+      seat->pace.Record(task->elapsed_nanos);
       if (task->status.ok()) {
-        seat->fast = task->elapsed_nanos < kFastSourceNanos;
         if (task->end) {
           EndSource(seat, dropped);
           return;
@@ -407,6 +463,7 @@ void SourcePool::FinishFailure(Task* task, mutex_lock& lock,
     case ErrorAction::kRetry:
       *dropped = std::move(seat->iterator);
       seat->needs_open = true;
+      seat->pace.Reset();
       seat->claimed = true;  // Nobody reopens it before the delay is over.
       WaitBeforeRetry(seat, lock);
       seat->claimed = false;
@@ -570,7 +627,9 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
 }
 
 int64_t SourcePool::RefillThreshold(const Seat& seat) const {
-  return seat.fast ? 0 : options_.buffer_output_elements - 1;
+  return seat.pace.kind() == SourcePace::Kind::kSlow
+             ? options_.buffer_output_elements - 1
+             : 0;
 }
 
 SourceState SourcePool::StateOf(int64_t source) const {
@@ -769,8 +828,10 @@ BufferedElement SourcePool::TakeElement(Seat* seat) {
     for (auto& other : seats_) Offer(other.get(), /*urgent=*/false);
     if (!work_queue_.empty()) WakeWorker(/*parallel=*/false);
   } else {
-    Offer(seat, /*urgent=*/static_cast<int64_t>(seat->buffer.size()) <=
-                    RefillThreshold(*seat));
+    // An inline source waits for the consumer (or an idle worker).
+    Offer(seat, /*urgent=*/seat->pace.kind() != SourcePace::Kind::kInline &&
+                    static_cast<int64_t>(seat->buffer.size()) <=
+                        RefillThreshold(*seat));
   }
   return element;
 }
@@ -826,6 +887,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         *end_of_sequence = true;
         return absl::OkStatus();
       case Kind::kWaitForSource:
+        if (ProduceInline(seat_of_source_.at(decision.source), l)) continue;
         consumer_wait_ = ConsumerWait::kSource;
         consumer_wait_source_ = decision.source;
         break;
@@ -833,11 +895,81 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         consumer_wait_ = ConsumerWait::kInput;
         break;
       case Kind::kWaitForAny:
+        if (ProduceInlineForCycle(l)) continue;
         consumer_wait_ = ConsumerWait::kAny;
         break;
     }
     WaitAsConsumer(ctx, l);
   }
+}
+
+bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
+  for (int64_t source : scheduler_.state().cycle) {
+    auto it = seat_of_source_.find(source);
+    if (it != seat_of_source_.end() && it->second->buffer.empty() &&
+        ProduceInline(it->second, lock)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
+  // With retries, a failed call would make the consumer sit out the retry
+  // delay: workers take those sources.
+  if (cancelled_ || pause_requests_ > 0 || options_.input_retries > 0 ||
+      seat->pace.kind() != SourcePace::Kind::kInline || seat->needs_open ||
+      !HasWork(*seat) ||
+      (options_.sloppy && (!seat->pace.proven() ||
+                           delivered_ < inline_paused_until_))) {
+    return false;
+  }
+  if (seat->queued) {
+    work_queue_.erase(std::find(work_queue_.begin(), work_queue_.end(), seat));
+    seat->queued = false;
+  }
+  seat->claimed = true;
+  ++active_calls_;
+  Task task;
+  task.kind = TaskKind::kProduce;
+  task.seat = seat;
+  inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
+  // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
+  // does, inline calls in a row need no wake-up.
+  if (!watcher_ && idle_workers_ > wakes_pending_) {
+    ++wakes_pending_;
+    worker_cond_var_.notify_one();
+  }
+  {
+    ScopedUnlock unlock(&mu_);
+    RunTask(&task);
+  }
+  inline_start_nanos_ = 0;
+  inline_stalled_ = false;
+  if (options_.sloppy && task.elapsed_nanos >= kInlineWatchNanos) {
+    // Sloppy: while the consumer sat in that call, other sources may have
+    // had elements for it. Where that happens, workers produce for a while,
+    // longer each time.
+    inline_paused_until_ = delivered_ + inline_pause_elements_;
+    inline_pause_elements_ =
+        std::min(2 * inline_pause_elements_, kMaxSloppyInlinePauseElements);
+  }
+  if (--active_calls_ == 0 && pause_requests_ > 0) {
+    pause_cond_var_.notify_all();
+  }
+  std::unique_ptr<IteratorBase> dropped;
+  // The consumer waits on this source as far as the memory budget goes: its
+  // element may always be buffered, or the consumer would wait on itself.
+  consumer_wait_ = ConsumerWait::kSource;
+  consumer_wait_source_ = seat->source;
+  FinishTask(&task, lock, &dropped);
+  consumer_wait_ = ConsumerWait::kNone;
+  if (task.follow_up != nullptr) Offer(task.follow_up, /*urgent=*/false);
+  if (dropped != nullptr) {
+    ScopedUnlock unlock(&mu_);
+    dropped.reset();
+  }
+  return true;
 }
 
 IteratorStats SourcePool::Stats() const {

@@ -16,6 +16,13 @@
 //    or the consumer is about to wait); an awake worker also refills every
 //    other buffer with room. Tiny elements thus cost a fraction of a
 //    wake-up each, while a slow source's latency stays hidden.
+//  - Elements cheaper than a hand-off between threads (an "inline" source,
+//    see source_pace.h) are produced by the consumer itself when their
+//    buffer is empty and no worker is on the source: no wake-up at all.
+//    While it does, one idle worker wakes every millisecond; if an inline
+//    call has lasted that long, workers take over the other sources (which
+//    may block the same way), and in sloppy mode the consumer leaves
+//    production to workers for a while.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -52,6 +59,7 @@
 #include "cc/kernels/buffered_element.h"
 #include "cc/kernels/interleave_scheduler.h"
 #include "cc/kernels/interleave_stats.h"
+#include "cc/kernels/source_pace.h"
 #include "tensorflow/core/framework/cancellation.h"
 #include "tensorflow/core/framework/dataset.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -175,9 +183,8 @@ class SourcePool : public StatsSource {
     // After a symbolic restore of a skipped source: where it stops again.
     int64_t stop_at = -1;
     absl::Status input_error;   // Pulling the input element failed.
-    // The last element took less than kFastSourceNanos to produce: refill
-    // in batches (see `RefillThreshold`).
-    bool fast = false;
+    // Who produces the source's elements, and when (see source_pace.h).
+    SourcePace pace;
     int64_t produced = 0;  // Elements (and errors) the source has produced.
     int64_t delivered = 0;  // Elements (and errors) the consumer has taken.
     int64_t delivered_bytes = 0;
@@ -258,6 +265,11 @@ class SourcePool : public StatsSource {
   // one per seat run. Work on a fast source (`parallel` false) needs no
   // worker of its own: if one is already being woken, it will do it.
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // An idle worker's wait: until woken, or, for the one watcher, until the
+  // consumer's current inline call has lasted kInlineWatchNanos (then
+  // `inline_stalled_` is set and the worker goes on to queued work).
+  void WaitAsIdleWorker(tensorflow::mutex_lock& lock)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a worker for queued work when the caller is about to block.
   void WakeForRemainingWork() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True once no task can ever come: workers may exit.
@@ -284,6 +296,14 @@ class SourcePool : public StatsSource {
   std::vector<const Seat*> PendingCycleSeats() const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeConsumer(ConsumerWait reason, int64_t source)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Instead of waiting for a worker, the consumer produces the next element
+  // of an inline source itself when no worker is on it. Returns false (and
+  // does nothing) when it cannot. Releases `mu_` meanwhile.
+  bool ProduceInline(Seat* seat, tensorflow::mutex_lock& lock)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sloppy: the same for the first source of the cycle that can.
+  bool ProduceInlineForCycle(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits on `consumer_cond_var_` for the reason in `consumer_wait_`,
   // accounting the time and warning about long stalls.
@@ -323,6 +343,18 @@ class SourcePool : public StatsSource {
   // Workers notified that have not woken up yet.
   int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
   tensorflow::condition_variable worker_cond_var_;
+  // The consumer's inline calls (see `ProduceInline`): when the current one
+  // started (0: none runs), when the last one did, whether an idle worker
+  // watches them, and whether the current one has lasted long enough that
+  // workers should take over the other sources.
+  int64_t inline_start_nanos_ TF_GUARDED_BY(mu_) = 0;
+  int64_t last_inline_nanos_ TF_GUARDED_BY(mu_) = 0;
+  bool watcher_ TF_GUARDED_BY(mu_) = false;
+  bool inline_stalled_ TF_GUARDED_BY(mu_) = false;
+  // Sloppy: no inline call until `delivered_` reaches this (see
+  // `ProduceInline`).
+  int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
+  int64_t inline_pause_elements_ TF_GUARDED_BY(mu_);
   // Workers waiting out a retry delay, or for the memory budget.
   tensorflow::condition_variable retry_cond_var_;
   tensorflow::condition_variable budget_cond_var_;

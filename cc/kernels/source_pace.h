@@ -1,0 +1,82 @@
+// How fast a source produces its elements, and so who should produce them.
+// No threads, no TensorFlow types: the pool records how long each call to a
+// nested iterator took and asks for the source's pace.
+//
+// Handing an element from a worker to the consumer costs a wake-up and a
+// context switch (tens of microseconds on a busy or virtualized machine).
+// For elements cheaper than that, the consumer is faster producing them
+// itself; for costlier ones, workers producing ahead on other cores win; for
+// sources that block (remote reads, slow opens), workers hide the latency.
+#ifndef TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_
+#define TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_
+
+#include <cstdint>
+
+namespace tf_interleave {
+
+class SourcePace {
+ public:
+  enum class Kind {
+    // Not measured yet, costly per element, or known to block at times:
+    // workers produce ahead as soon as its buffer has room.
+    kSlow,
+    // Workers refill its buffer once it is empty, in one go; the consumer
+    // may produce an element itself rather than wait for a worker.
+    kFast,
+    // Cheaper than a hand-off: the consumer produces its elements itself;
+    // a worker does so only when it is awake anyway.
+    kInline,
+  };
+
+  // A source is kInline while its average cost per element stays below
+  // kInlineNanos, else kFast while its last element took less than
+  // kFastNanos.
+  static constexpr int64_t kInlineNanos = 10 * 1000;
+  static constexpr int64_t kFastNanos = 50 * 1000;
+  // A source with this many calls longer than kStallNanos blocks at times
+  // (a remote read, a slow file): from then on workers produce it, so that
+  // the consumer never sits through its waits. One such call is not enough:
+  // a thread preempted on a busy machine makes any call that long.
+  static constexpr int64_t kStallNanos = 1000 * 1000;
+  static constexpr int64_t kStallsToBlock = 2;
+  static constexpr int64_t kProvenCalls = 64;
+
+  // One call to the source's iterator (an element, its end or an error)
+  // took `nanos`. The first call after opening is not counted in the
+  // average: it usually pays for the open (file handles, first reads).
+  void Record(int64_t nanos) {
+    ++calls_;
+    last_nanos_ = nanos;
+    if (calls_ == 1) return;
+    if (nanos > kStallNanos) ++stalls_;
+    // An exponential average that follows changes within a few elements.
+    average_nanos_ =
+        calls_ == 2 ? nanos : average_nanos_ + (nanos - average_nanos_) / 4;
+  }
+
+  // A new or reopened source: nothing is known about it.
+  void Reset() { *this = SourcePace(); }
+
+  Kind kind() const {
+    if (calls_ == 0 || blocks()) return Kind::kSlow;
+    if (calls_ >= 2 && average_nanos_ < kInlineNanos) return Kind::kInline;
+    // Refilling in batches pays as soon as the last element was cheap.
+    return last_nanos_ < kFastNanos ? Kind::kFast : Kind::kSlow;
+  }
+
+  bool blocks() const { return stalls_ >= kStallsToBlock; }
+  // Many calls and not one stall: a sloppy consumer may produce inline
+  // (it would keep other sources' ready elements waiting if a call blocked).
+  bool proven() const { return calls_ > kProvenCalls && stalls_ == 0; }
+  int64_t average_nanos() const { return average_nanos_; }
+
+ private:
+  int64_t calls_ = 0;
+  int64_t last_nanos_ = 0;
+  int64_t average_nanos_ = 0;
+  int64_t stalls_ = 0;
+};
+
+}  // namespace tf_interleave
+
+#endif  // TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_

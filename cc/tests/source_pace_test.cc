@@ -1,0 +1,129 @@
+// Unit tests of SourcePace: how a source's measured calls decide who
+// produces its elements.
+#include "cc/kernels/source_pace.h"
+
+#include <cstdint>
+
+#include "cc/tests/test_main.h"
+
+namespace tf_interleave {
+namespace {
+
+using Kind = SourcePace::Kind;
+constexpr int64_t kMicros = 1000;
+
+// Records `count` calls of `nanos` each.
+void RecordMany(SourcePace* pace, int count, int64_t nanos) {
+  for (int i = 0; i < count; ++i) pace->Record(nanos);
+}
+
+TEST(UnmeasuredSourceIsSlow) {
+  SourcePace pace;
+  CHECK(pace.kind() == Kind::kSlow);
+  CHECK(!pace.blocks());
+}
+
+TEST(FirstCallIsNotAveraged) {
+  // A 50 ms open followed by cheap elements: inline from the second call.
+  SourcePace pace;
+  pace.Record(50000 * kMicros);
+  CHECK(pace.kind() == Kind::kSlow) << "the first call alone was slow";
+  CHECK(!pace.blocks()) << "the first call never counts as a stall";
+  pace.Record(2 * kMicros);
+  CHECK(pace.kind() == Kind::kInline);
+  CHECK_EQ(pace.average_nanos(), 2 * kMicros);
+}
+
+TEST(CheapFirstCallMakesTheSourceFast) {
+  // One measurement is no average yet, but batching refills pays already.
+  SourcePace pace;
+  pace.Record(3 * kMicros);
+  CHECK(pace.kind() == Kind::kFast);
+}
+
+TEST(AverageSeparatesInlineFastAndSlow) {
+  SourcePace inline_pace, fast_pace, slow_pace;
+  RecordMany(&inline_pace, 10, 5 * kMicros);
+  RecordMany(&fast_pace, 10, 30 * kMicros);
+  RecordMany(&slow_pace, 10, 200 * kMicros);
+  CHECK(inline_pace.kind() == Kind::kInline);
+  CHECK(fast_pace.kind() == Kind::kFast);
+  CHECK(slow_pace.kind() == Kind::kSlow);
+}
+
+TEST(OneCostlyElementDoesNotEndInlineForLong) {
+  // TFRecord-like: cheap records, and now and then a buffer refill.
+  SourcePace pace;
+  RecordMany(&pace, 20, 2 * kMicros);
+  pace.Record(60 * kMicros);
+  CHECK(pace.kind() == Kind::kSlow) << "the last element was costly";
+  RecordMany(&pace, 8, 2 * kMicros);
+  CHECK(pace.kind() == Kind::kInline) << "average " << pace.average_nanos();
+}
+
+TEST(AverageFollowsAChangeOfCost) {
+  SourcePace pace;
+  RecordMany(&pace, 20, 2 * kMicros);
+  CHECK(pace.kind() == Kind::kInline);
+  RecordMany(&pace, 20, 40 * kMicros);
+  CHECK(pace.kind() == Kind::kFast) << "average " << pace.average_nanos();
+  RecordMany(&pace, 20, 2 * kMicros);
+  CHECK(pace.kind() == Kind::kInline) << "average " << pace.average_nanos();
+}
+
+TEST(OneStallIsForgiven) {
+  // A preempted call: the source goes back to inline once the average is
+  // down again.
+  SourcePace pace;
+  RecordMany(&pace, 10, 2 * kMicros);
+  pace.Record(SourcePace::kStallNanos + 1);
+  CHECK(!pace.blocks());
+  RecordMany(&pace, 20, 2 * kMicros);
+  CHECK(pace.kind() == Kind::kInline) << "average " << pace.average_nanos();
+}
+
+TEST(SecondStallMakesTheSourceSlowForGood) {
+  // A remote file: cheap records between blocking reads.
+  SourcePace pace;
+  RecordMany(&pace, 10, 2 * kMicros);
+  pace.Record(20000 * kMicros);
+  RecordMany(&pace, 100, 2 * kMicros);
+  pace.Record(20000 * kMicros);
+  CHECK(pace.blocks());
+  RecordMany(&pace, 1000, 1 * kMicros);
+  CHECK(pace.kind() == Kind::kSlow);
+}
+
+TEST(StallThresholdIsExclusive) {
+  SourcePace pace;
+  RecordMany(&pace, 3, SourcePace::kStallNanos);
+  CHECK(!pace.blocks()) << "calls of exactly kStallNanos are not stalls";
+}
+
+TEST(ProvenAfterManyCallsWithoutStall) {
+  SourcePace pace;
+  RecordMany(&pace, SourcePace::kProvenCalls, 2 * kMicros);
+  CHECK(!pace.proven()) << "not yet: " << SourcePace::kProvenCalls;
+  pace.Record(2 * kMicros);
+  CHECK(pace.proven());
+  pace.Record(SourcePace::kStallNanos + 1);
+  CHECK(!pace.proven()) << "one stall is enough to lose it";
+  RecordMany(&pace, 1000, 2 * kMicros);
+  CHECK(!pace.proven());
+  CHECK(pace.kind() == Kind::kInline) << "though still inline";
+}
+
+TEST(ResetForgetsEverything) {
+  SourcePace pace;
+  RecordMany(&pace, 5, 20000 * kMicros);
+  CHECK(pace.blocks());
+  pace.Reset();
+  CHECK(!pace.blocks());
+  CHECK(pace.kind() == Kind::kSlow);
+  CHECK_EQ(pace.average_nanos(), int64_t{0});
+  RecordMany(&pace, 3, 1 * kMicros);
+  CHECK(pace.kind() == Kind::kInline);
+}
+
+}  // namespace
+}  // namespace tf_interleave
