@@ -1,0 +1,74 @@
+"""Inputs whose elements are cheap are produced by the consumer itself.
+
+The consumer produces an element inline when the input's measured pace says a
+hand-off to a worker costs more than the element (see cc/kernels/source_pace.h).
+These tests drive the cases where that choice matters for correctness: inputs
+that turn from cheap to blocking (here: the call that finds the end of a nested
+dataset waits, as a remote read confirming the end of a file would), several at
+once, with a memory budget, with retries (which keep inputs with the workers),
+and a sloppy input that blocks after a long cheap run. The output must be
+exactly the reference order (deterministic) or the same multiset (sloppy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import pytest
+import tensorflow as tf
+from tensorflow.python.data.experimental.ops import testing
+
+import tf_interleave
+from pipelines import STRIDE, bounded, collect, nested_values
+from reference_model import interleave_order
+
+# More elements than it takes an input to count as cheap (and, for sloppy
+# mode, as proven), so that most of them are produced inline.
+SIZES = [150, 90, 0, 200, 130, 75, 160, 110, 95, 140]
+CYCLE_LENGTH = 3
+BLOCKING_MICROS = 20_000
+
+
+def blocking_at_end_map_func(sizes: List[int]):
+    """Input ``i``: ``sizes[i]`` cheap elements; the calls before the first and after the last wait."""
+    size_list = [int(size) for size in sizes]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        size = tf.gather(tf.constant(size_list, tf.int64), index)
+        opened = tf.data.Dataset.range(1).apply(testing.sleep(BLOCKING_MICROS))
+        return opened.flat_map(lambda _: tf.data.Dataset.range(STRIDE * index, STRIDE * index + size))
+
+    return map_func
+
+
+def run(sloppy: bool, **options: Any) -> List[int]:
+    dataset = tf.data.Dataset.range(len(SIZES)).apply(
+        tf_interleave.parallel_interleave(blocking_at_end_map_func(SIZES), CYCLE_LENGTH, sloppy=sloppy, **options))
+    return bounded(collect, dataset)
+
+
+@pytest.mark.parametrize("options", [{}, {"memory_budget_bytes": 64}, {"input_retries": 2}],
+                         ids=["default", "memory_budget", "retries"])
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_inputs_that_block_at_their_end(sloppy: bool, options: dict) -> None:
+    expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
+    values = run(sloppy, **options)
+    if sloppy:
+        assert sorted(values) == sorted(expected)
+    else:
+        assert values == expected
+
+
+def test_sloppy_input_that_blocks_after_a_long_cheap_run() -> None:
+    # Input 0 yields 300 cheap elements, then one that takes 300 ms; the others never block.
+    per_input = 301
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        cheap = tf.data.Dataset.range(STRIDE * index, STRIDE * index + per_input - 1)
+        delay = tf.where(tf.equal(index, 0), tf.constant(300_000, tf.int64), tf.constant(0, tf.int64))
+        last = tf.data.Dataset.range(STRIDE * index + per_input - 1, STRIDE * index + per_input)
+        return cheap.concatenate(last.apply(testing.sleep(delay)))
+
+    dataset = tf.data.Dataset.range(6).apply(tf_interleave.parallel_interleave(map_func, 3, sloppy=True))
+    values = bounded(collect, dataset)
+    assert sorted(values) == sorted(v for vs in nested_values([per_input] * 6) for v in vs)
