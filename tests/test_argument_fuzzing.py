@@ -270,13 +270,13 @@ def _int_argument(value: Any, minimum: int, errors: set) -> Optional[int]:
 
 
 def _doubled(value: Any, minimum: int, errors: set) -> Optional[int]:
-    """The legacy default ``2 * value`` (wrapping like int64 when ``value`` is a tensor)."""
+    """The legacy default ``2 * value`` (saturating at the int64 maximum when ``value`` is a tensor)."""
     base = _int_argument(value, 1, set())
     if base is None:
         return None  # the error is recorded for the argument itself
     doubled = 2 * base
     if isinstance(value, TensorArg):
-        doubled = _wrap_int64(doubled)
+        doubled = min(doubled, INT64_MAX)
     if not minimum <= doubled <= INT64_MAX:
         errors.add(IAE)
         return None
@@ -527,3 +527,20 @@ def test_memory_budget_of_at_most_one_element(tfi, sloppy: bool, budget: int) ->
     for cycle_length in (1, 3, 6):
         for _ in range(3):
             run_eager(tfi, _draw(cycle_length=cycle_length, sloppy=sloppy, memory_budget_bytes=budget), timeout=10)
+
+
+@pytest.mark.parametrize("in_function", [False, True], ids=["eager", "tf_function"])
+def test_huge_tensor_cycle_length_is_named_with_default_buffers(tfi, in_function: bool) -> None:
+    # The default prefetch_input_elements (2 * cycle_length) must not wrap around and take the blame.
+    def build() -> None:
+        cycle_length = tf.constant(2**62, tf.int64)
+        dataset = tf.data.Dataset.range(4).apply(
+            tfi.parallel_interleave(lambda x: tf.data.Dataset.range(x), cycle_length))
+        for _ in dataset:
+            pass
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"cycle_length=4611686018427387904"):
+        if in_function:
+            tf.function(build)()
+        else:
+            build()

@@ -68,10 +68,16 @@ def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
 
 
 def doubled(name: str, value: IntArgument) -> IntArgument:
-  """Returns `2 * value`, as a tensor when `value` is one (legacy defaults)."""
+  """Returns `2 * value`, as a tensor when `value` is one (legacy defaults).
+
+  A tensor result saturates at the int64 maximum instead of wrapping around,
+  so that a huge `value` is reported as itself, not as a negative default.
+  """
   if is_python_int(value):
     return 2 * int(value)
-  return 2 * to_int64(name, value, 1)
+  tensor = to_int64(name, value, 1)
+  return tf.where(tensor > _INT64_MAX // 2,
+                  tf.constant(_INT64_MAX, tf.int64), 2 * tensor)
 
 
 def check_seats(cycle_length: IntArgument,

@@ -828,8 +828,9 @@ BufferedElement SourcePool::TakeElement(Seat* seat) {
     for (auto& other : seats_) Offer(other.get(), /*urgent=*/false);
     if (!work_queue_.empty()) WakeWorker(/*parallel=*/false);
   } else {
-    // An inline source waits for the consumer (or an idle worker).
-    Offer(seat, /*urgent=*/seat->pace.kind() != SourcePace::Kind::kInline &&
+    // A source the consumer produces itself waits for it (or for a worker
+    // that is awake anyway).
+    Offer(seat, /*urgent=*/!ConsumerProduces(*seat) &&
                     static_cast<int64_t>(seat->buffer.size()) <=
                         RefillThreshold(*seat));
   }
@@ -904,6 +905,12 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
 }
 
 bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
+  // A worker is producing for the cycle: its element comes soon, while an
+  // inline call might block and keep it waiting.
+  for (int64_t source : scheduler_.state().cycle) {
+    auto it = seat_of_source_.find(source);
+    if (it != seat_of_source_.end() && it->second->claimed) return false;
+  }
   for (int64_t source : scheduler_.state().cycle) {
     auto it = seat_of_source_.find(source);
     if (it != seat_of_source_.end() && it->second->buffer.empty() &&
@@ -914,14 +921,18 @@ bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
   return false;
 }
 
-bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
+bool SourcePool::ConsumerProduces(const Seat& seat) const {
   // With retries, a failed call would make the consumer sit out the retry
   // delay: workers take those sources.
-  if (cancelled_ || pause_requests_ > 0 || options_.input_retries > 0 ||
-      seat->pace.kind() != SourcePace::Kind::kInline || seat->needs_open ||
-      !HasWork(*seat) ||
-      (options_.sloppy && (!seat->pace.proven() ||
-                           delivered_ < inline_paused_until_))) {
+  return seat.pace.kind() == SourcePace::Kind::kInline &&
+         options_.input_retries == 0 &&
+         (!options_.sloppy ||
+          (seat.pace.proven() && delivered_ >= inline_paused_until_));
+}
+
+bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
+  if (cancelled_ || pause_requests_ > 0 || !ConsumerProduces(*seat) ||
+      seat->needs_open || !HasWork(*seat)) {
     return false;
   }
   if (seat->queued) {
@@ -949,10 +960,10 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   if (options_.sloppy && task.elapsed_nanos >= kInlineWatchNanos) {
     // Sloppy: while the consumer sat in that call, other sources may have
     // had elements for it. Where that happens, workers produce for a while,
-    // longer each time.
+    // eight times longer each time.
     inline_paused_until_ = delivered_ + inline_pause_elements_;
     inline_pause_elements_ =
-        std::min(2 * inline_pause_elements_, kMaxSloppyInlinePauseElements);
+        std::min(8 * inline_pause_elements_, kMaxSloppyInlinePauseElements);
   }
   if (--active_calls_ == 0 && pause_requests_ > 0) {
     pause_cond_var_.notify_all();

@@ -297,12 +297,18 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WakeConsumer(ConsumerWait reason, int64_t source)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether the consumer produces the seat's elements itself when it needs
+  // them (an inline source; in sloppy mode also a proven one, and not while
+  // inline production is paused).
+  bool ConsumerProduces(const Seat& seat) const
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Instead of waiting for a worker, the consumer produces the next element
   // of an inline source itself when no worker is on it. Returns false (and
   // does nothing) when it cannot. Releases `mu_` meanwhile.
   bool ProduceInline(Seat* seat, tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sloppy: the same for the first source of the cycle that can.
+  // Sloppy: the same for the first source of the cycle that can, unless a
+  // worker is producing for the cycle.
   bool ProduceInlineForCycle(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits on `consumer_cond_var_` for the reason in `consumer_wait_`,
