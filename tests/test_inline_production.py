@@ -12,6 +12,7 @@ exactly the reference order (deterministic) or the same multiset (sloppy).
 
 from __future__ import annotations
 
+import time
 from typing import Any, List
 
 import pytest
@@ -72,3 +73,30 @@ def test_sloppy_input_that_blocks_after_a_long_cheap_run() -> None:
     dataset = tf.data.Dataset.range(6).apply(tf_interleave.parallel_interleave(map_func, 3, sloppy=True))
     values = bounded(collect, dataset)
     assert sorted(values) == sorted(v for vs in nested_values([per_input] * 6) for v in vs)
+
+
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_cheap_inputs_are_refilled_while_the_consumer_is_away(sloppy: bool) -> None:
+    # Eight inputs, all open at once (cycle 4 + prefetch 8 seats): once the consumer stops calling,
+    # every buffer fills up, those it produces itself included.
+    inputs, per_input, buffer_size = 8, 500, 2
+    dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
+        lambda x: tf.data.Dataset.range(STRIDE * x, STRIDE * x + per_input), 4, sloppy=sloppy,
+        buffer_output_elements=buffer_size))
+    options = tf.data.Options()
+    options.autotune.enabled = False  # no prefetch of tf.data's own in front of the op
+    iterator = iter(dataset.with_options(options))
+    for _ in range(300):  # long enough for the inputs to count as cheap (and proven)
+        next(iterator)
+
+    def buffered() -> int:
+        mine = [s for s in tf_interleave.stats() if s["elements"] >= 300]
+        assert len(mine) == 1, tf_interleave.stats()
+        return mine[0]["buffered_elements"]
+
+    deadline = time.monotonic() + 10.0
+    while buffered() < inputs * buffer_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert buffered() == inputs * buffer_size
+    rest = [int(v) for v in iterator]
+    assert len(rest) == inputs * per_input - 300

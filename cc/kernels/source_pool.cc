@@ -307,6 +307,12 @@ void SourcePool::WaitAsIdleWorker(mutex_lock& lock) {
       inline_stalled_ = true;
       break;
     }
+    // The consumer has been away for a while: refill the buffers it would
+    // otherwise fill itself, so that they are ready when it comes back.
+    if (!consumer_inside_ && !work_queue_.empty() &&
+        EnvTime::NowNanos() - consumer_left_nanos_ >= kInlineWatchNanos) {
+      break;
+    }
     // A wake-up may have come just as the wait timed out, and missed it.
     if (wakes_pending_ > 0 || cancelled_ || Drained()) break;
   }
@@ -842,6 +848,13 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
                                  bool* end_of_sequence) {
   using Kind = InterleaveScheduler::Decision::Kind;
   mutex_lock l(mu_);
+  // Runs before `l` is released.
+  consumer_inside_ = true;
+  auto leave = tensorflow::gtl::MakeCleanup(
+      [this]() TF_NO_THREAD_SAFETY_ANALYSIS {
+        consumer_inside_ = false;
+        consumer_left_nanos_ = EnvTime::NowNanos();
+      });
   TF_RETURN_IF_ERROR(EnsureStarted(ctx));
   const InterleaveScheduler::StateFn state_of =
       [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {

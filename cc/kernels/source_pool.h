@@ -22,7 +22,8 @@
 //    While it does, one idle worker wakes every millisecond; if an inline
 //    call has lasted that long, workers take over the other sources (which
 //    may block the same way), and in sloppy mode the consumer leaves
-//    production to workers for a while.
+//    production to workers for a while. If the consumer has been out of
+//    `GetNext` that long, the watcher refills those buffers in its absence.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -267,7 +268,8 @@ class SourcePool : public StatsSource {
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An idle worker's wait: until woken, or, for the one watcher, until the
   // consumer's current inline call has lasted kInlineWatchNanos (then
-  // `inline_stalled_` is set and the worker goes on to queued work).
+  // `inline_stalled_` is set and the worker goes on to queued work) or the
+  // consumer has been out of `GetNext` that long with work queued.
   void WaitAsIdleWorker(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a worker for queued work when the caller is about to block.
@@ -357,6 +359,10 @@ class SourcePool : public StatsSource {
   int64_t last_inline_nanos_ TF_GUARDED_BY(mu_) = 0;
   bool watcher_ TF_GUARDED_BY(mu_) = false;
   bool inline_stalled_ TF_GUARDED_BY(mu_) = false;
+  // Whether the consumer is in `GetNext`, and when it last left: while it is
+  // away, the watcher refills the buffers of sources it produces itself.
+  bool consumer_inside_ TF_GUARDED_BY(mu_) = false;
+  int64_t consumer_left_nanos_ TF_GUARDED_BY(mu_) = 0;
   // Sloppy: no inline call until `delivered_` reaches this (see
   // `ProduceInline`).
   int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
