@@ -1138,6 +1138,10 @@ absl::Status SourcePool::Save(tensorflow::data::SerializationContext* ctx,
                               const std::unique_ptr<IteratorBase>& input) {
   mutex_lock l(mu_);
   if (ctx->symbolic_checkpoint()) {
+    // The input's state is recorded with each element; pulls since the last
+    // one are only in `input_checkpoint_`. Written with the pool's current
+    // state, so that a source pulled since then is not pulled again.
+    if (input_checkpoint_) TF_RETURN_IF_ERROR(input_checkpoint_->Save(writer));
     return WriteState(ctx, writer, name, /*symbolic=*/true, input);
   }
   ++pause_requests_;
