@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import random
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -304,3 +307,27 @@ def run_child_script(package: Any, script: str) -> Tuple[Any, Dict[str, Any]]:
     assert completed.returncode == 0, completed.stderr[-4000:]
     (line,) = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
     return completed, json.loads(line[len("RESULT "):])
+
+
+def thread_count() -> int:
+    """Threads of this process right now."""
+    return len(os.listdir("/proc/self/task"))
+
+
+def settled_thread_count(at_most: Optional[int] = None, timeout: float = 20.0, stable_polls: int = 3) -> int:
+    """Polls the thread count until it is ``<= at_most`` (or, without a bound, until it has not changed
+    for ``stable_polls`` polls), collecting garbage now and then; gives the last count after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    previous, stable, polls = -1, 0, 0
+    while True:
+        if polls % 20 == 0:
+            gc.collect()
+        polls += 1
+        count = thread_count()
+        stable = stable + 1 if count == previous else 0
+        if (at_most is not None and count <= at_most) or (at_most is None and stable >= stable_polls):
+            return count
+        if time.monotonic() > deadline:
+            return count
+        previous = count
+        time.sleep(0.05)

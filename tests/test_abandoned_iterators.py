@@ -27,7 +27,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import STRIDE, sized_input, sized_map_func
+from pipelines import STRIDE, sized_input, sized_map_func, thread_count
+from pipelines import settled_thread_count as pipelines_settled_thread_count
 from reference_model import interleave_order
 
 # A hung test ends the run with every thread's stack instead of a silent CI timeout.
@@ -44,10 +45,6 @@ MAX_STEPS = 400
 _BLOCKED = object()
 
 
-def thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 def rss_bytes() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -62,20 +59,7 @@ def rss_limit_mb(count: int) -> float:
 
 
 def settled_thread_count(at_most: Optional[int] = None) -> int:
-    deadline = time.monotonic() + SETTLE_SECONDS
-    previous, stable, polls = -1, 0, 0
-    while True:
-        if polls % 20 == 0:
-            gc.collect()
-        polls += 1
-        count = thread_count()
-        stable = stable + 1 if count == previous else 0
-        if (at_most is not None and count <= at_most) or (at_most is None and stable >= 4):
-            return count
-        if time.monotonic() > deadline:
-            return count
-        previous = count
-        time.sleep(0.05)
+    return pipelines_settled_thread_count(at_most, timeout=SETTLE_SECONDS, stable_polls=4)
 
 
 @dataclasses.dataclass

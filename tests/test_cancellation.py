@@ -31,6 +31,7 @@ from tensorflow.python.data.experimental.ops import testing
 from tensorflow.python.eager import cancellation
 
 from pipelines import STRIDE
+from pipelines import settled_thread_count as pipelines_settled_thread_count
 from reference_model import interleave_order
 
 # A hung test ends the run with every thread's stack instead of a silent CI timeout.
@@ -47,29 +48,8 @@ SEEDS = range(8)
 _BLOCKED = object()
 
 
-def thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
-def settled_thread_count(at_most: Optional[int] = None, timeout: float = SETTLE_SECONDS) -> int:
-    """Polls the thread count until it is ``<= at_most`` (or, without a bound, until it stops changing)."""
-    deadline = time.monotonic() + timeout
-    previous, stable = -1, 0
-    polls = 0
-    while True:
-        if polls % 20 == 0:
-            gc.collect()
-        polls += 1
-        count = thread_count()
-        stable = stable + 1 if count == previous else 0
-        if at_most is not None and count <= at_most:
-            return count
-        if at_most is None and stable >= 3:
-            return count
-        if time.monotonic() > deadline:
-            return count
-        previous = count
-        time.sleep(0.05)
+def settled_thread_count(at_most: Optional[int] = None) -> int:
+    return pipelines_settled_thread_count(at_most, timeout=SETTLE_SECONDS)
 
 
 def run_with_timeout(function: Callable[[], Any], timeout: float, what: str) -> float:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 import tf_interleave
-from pipelines import STRIDE, bounded, collect, nested_values
+from pipelines import STRIDE, bounded, collect, nested_values, run_session_until_end
 from reference_model import interleave_order
 
 # More elements than it takes an input to count as cheap (and, for sloppy
@@ -100,3 +100,38 @@ def test_cheap_inputs_are_refilled_while_the_consumer_is_away(sloppy: bool) -> N
     assert buffered() == inputs * buffer_size
     rest = [int(v) for v in iterator]
     assert len(rest) == inputs * per_input - 300
+
+
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_inputs_that_block_at_their_end_in_a_graph(sloppy: bool) -> None:
+    # The same pipeline run by a TF1 session: the consumer is then a session's thread.
+    expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
+    graph = tf.Graph()
+    with graph.as_default():
+        dataset = tf.data.Dataset.range(len(SIZES)).apply(
+            tf_interleave.parallel_interleave(blocking_at_end_map_func(SIZES), CYCLE_LENGTH, sloppy=sloppy))
+        next_element = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        with tf.compat.v1.Session(graph=graph) as session:
+            values = bounded(run_session_until_end, session, next_element)
+    values = [int(v) for v in values]
+    if sloppy:
+        assert sorted(values) == sorted(expected)
+    else:
+        assert values == expected
+
+
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_inputs_that_block_at_their_end_in_a_tf_function(sloppy: bool) -> None:
+    expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
+    dataset = tf.data.Dataset.range(len(SIZES)).apply(
+        tf_interleave.parallel_interleave(blocking_at_end_map_func(SIZES), CYCLE_LENGTH, sloppy=sloppy))
+
+    @tf.function
+    def drain() -> tf.Tensor:
+        return dataset.reduce(tf.constant([], tf.int64), lambda acc, x: tf.concat([acc, [x]], 0))
+
+    values = [int(v) for v in bounded(drain).numpy()]
+    if sloppy:
+        assert sorted(values) == sorted(expected)
+    else:
+        assert values == expected
