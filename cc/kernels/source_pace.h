@@ -77,6 +77,34 @@ class SourcePace {
   int64_t stalls_ = 0;
 };
 
+// Where the sources of one interleave block at their end. Many inputs pay
+// on the call that finds their end (a file's close, a remote read past the
+// last record), and inputs of one pipeline tend to be alike: once a source's
+// end-finding call has blocked, a sloppy consumer leaves the calls of other
+// sources from that many elements on to workers, instead of sitting through
+// the same wait while other sources have elements ready.
+class SlowEnds {
+ public:
+  // The call that found a source's end, after `produced` elements, took
+  // `nanos`. A source's first call is left out: it may have paid for the
+  // open rather than for the end.
+  void RecordEnd(int64_t produced, int64_t nanos) {
+    if (produced == 0 || nanos <= SourcePace::kStallNanos) return;
+    if (first_slow_end_ < 0 || produced < first_slow_end_) {
+      first_slow_end_ = produced;
+    }
+  }
+
+  // Whether a source's next call, after `produced` elements, may be one
+  // that blocks at its end.
+  bool Expected(int64_t produced) const {
+    return first_slow_end_ >= 0 && produced >= first_slow_end_;
+  }
+
+ private:
+  int64_t first_slow_end_ = -1;  // Fewest elements before a slow end.
+};
+
 }  // namespace tf_interleave
 
 #endif  // TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_

@@ -437,6 +437,7 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
       seat->pace.Record(task->elapsed_nanos);
       if (task->status.ok()) {
         if (task->end) {
+          slow_ends_.RecordEnd(seat->produced, task->elapsed_nanos);
           EndSource(seat, dropped);
           return;
         }
@@ -918,12 +919,8 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
 }
 
 bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
-  // A worker is producing for the cycle: its element comes soon, while an
-  // inline call might block and keep it waiting.
-  for (int64_t source : scheduler_.state().cycle) {
-    auto it = seat_of_source_.find(source);
-    if (it != seat_of_source_.end() && it->second->claimed) return false;
-  }
+  // Even while a worker produces for another source of the cycle: both
+  // cores then produce, instead of the consumer waiting for each hand-off.
   for (int64_t source : scheduler_.state().cycle) {
     auto it = seat_of_source_.find(source);
     if (it != seat_of_source_.end() && it->second->buffer.empty() &&
@@ -940,7 +937,8 @@ bool SourcePool::ConsumerProduces(const Seat& seat) const {
   return seat.pace.kind() == SourcePace::Kind::kInline &&
          options_.input_retries == 0 &&
          (!options_.sloppy ||
-          (seat.pace.proven() && delivered_ >= inline_paused_until_));
+          (seat.pace.proven() && !slow_ends_.Expected(seat.produced) &&
+           delivered_ >= inline_paused_until_));
 }
 
 bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {

@@ -22,8 +22,10 @@
 //    While it does, one idle worker wakes every millisecond; if an inline
 //    call has lasted that long, workers take over the other sources (which
 //    may block the same way), and in sloppy mode the consumer leaves
-//    production to workers for a while. If the consumer has been out of
-//    `GetNext` that long, the watcher refills those buffers in its absence.
+//    production to workers for a while (and, once ends have blocked, the
+//    calls that may find an end: see `SlowEnds`). If the consumer has been
+//    out of `GetNext` that long, the watcher refills those buffers in its
+//    absence.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -300,8 +302,9 @@ class SourcePool : public StatsSource {
   void WakeConsumer(ConsumerWait reason, int64_t source)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether the consumer produces the seat's elements itself when it needs
-  // them (an inline source; in sloppy mode also a proven one, and not while
-  // inline production is paused).
+  // them (an inline source; in sloppy mode also a proven one whose next
+  // call is not expected to block at its end, and not while inline
+  // production is paused).
   bool ConsumerProduces(const Seat& seat) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Instead of waiting for a worker, the consumer produces the next element
@@ -309,8 +312,7 @@ class SourcePool : public StatsSource {
   // does nothing) when it cannot. Releases `mu_` meanwhile.
   bool ProduceInline(Seat* seat, tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sloppy: the same for the first source of the cycle that can, unless a
-  // worker is producing for the cycle.
+  // Sloppy: the same for the first source of the cycle that can.
   bool ProduceInlineForCycle(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits on `consumer_cond_var_` for the reason in `consumer_wait_`,
@@ -367,6 +369,9 @@ class SourcePool : public StatsSource {
   // `ProduceInline`).
   int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
   int64_t inline_pause_elements_ TF_GUARDED_BY(mu_);
+  // Sloppy: where sources' ends blocked, so that the consumer leaves those
+  // calls to workers.
+  SlowEnds slow_ends_ TF_GUARDED_BY(mu_);
   // Workers waiting out a retry delay, or for the memory budget.
   tensorflow::condition_variable retry_cond_var_;
   tensorflow::condition_variable budget_cond_var_;

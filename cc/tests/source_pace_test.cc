@@ -1,5 +1,5 @@
-// Unit tests of SourcePace: how a source's measured calls decide who
-// produces its elements.
+// Unit tests of SourcePace and SlowEnds: how a source's measured calls
+// decide who produces its elements.
 #include "cc/kernels/source_pace.h"
 
 #include <cstdint>
@@ -123,6 +123,36 @@ TEST(ResetForgetsEverything) {
   CHECK_EQ(pace.average_nanos(), int64_t{0});
   RecordMany(&pace, 3, 1 * kMicros);
   CHECK(pace.kind() == Kind::kInline);
+}
+
+TEST(NoSlowEndIsExpectedBeforeOneIsSeen) {
+  SlowEnds ends;
+  CHECK(!ends.Expected(0));
+  CHECK(!ends.Expected(1 << 30));
+  // Ends found quickly, or within a preemption's length, teach nothing.
+  ends.RecordEnd(256, 3 * kMicros);
+  ends.RecordEnd(256, SourcePace::kStallNanos);
+  CHECK(!ends.Expected(256));
+}
+
+TEST(SlowEndIsExpectedFromThatManyElementsOn) {
+  SlowEnds ends;
+  ends.RecordEnd(256, 50000 * kMicros);
+  CHECK(!ends.Expected(255)) << "the next call is an element of the source";
+  CHECK(ends.Expected(256)) << "the next call may find the end";
+  CHECK(ends.Expected(1000));
+}
+
+TEST(ShortestSlowEndCounts) {
+  SlowEnds ends;
+  ends.RecordEnd(300, 20000 * kMicros);
+  ends.RecordEnd(100, 20000 * kMicros);
+  ends.RecordEnd(200, 20000 * kMicros);
+  CHECK(!ends.Expected(99));
+  CHECK(ends.Expected(100));
+  // An empty source's only call may have waited for its open instead.
+  ends.RecordEnd(0, 20000 * kMicros);
+  CHECK(!ends.Expected(99));
 }
 
 }  // namespace
