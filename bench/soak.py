@@ -51,13 +51,15 @@ from tensorflow.python.eager import cancellation  # pylint: disable=g-import-not
 
 import tf_interleave as tfi  # pylint: disable=g-import-not-at-top
 
+# The tests' helpers for counting threads once they have settled.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "tests"))
+# pylint: disable-next=g-import-not-at-top
+from pipelines import settled_thread_count, thread_count
+
 STRIDE = 1000
 LONG_SLEEP_US = 100_000_000  # Only cancellation ends it.
 ERROR = "error"  # Stands for any error in an element list.
-
-
-def thread_count() -> int:
-  return len(os.listdir("/proc/self/task"))
 
 
 def rss_mb() -> float:
@@ -66,27 +68,6 @@ def rss_mb() -> float:
       if line.startswith("VmRSS:"):
         return int(line.split()[1]) / 1024
   return float("nan")
-
-
-def settled_thread_count(at_most: Optional[int] = None,
-                         timeout: float = 20.0) -> int:
-  """Polls the thread count until <= at_most (or, without one, steady)."""
-  deadline = time.monotonic() + timeout
-  previous, steady, polls = -1, 0, 0
-  while True:
-    if polls % 20 == 0:
-      gc.collect()
-    polls += 1
-    count = thread_count()
-    steady = steady + 1 if count == previous else 0
-    if at_most is not None and count <= at_most:
-      return count
-    if at_most is None and steady >= 5:
-      return count
-    if time.monotonic() > deadline:
-      return count
-    previous = count
-    time.sleep(0.05)
 
 
 class Failure(Exception):
@@ -474,7 +455,7 @@ def main(argv=None) -> int:
       print(f"soak: FAILURE during the warm-up: {failure}", flush=True)
       return 1
     gc.collect()
-    base_threads = settled_thread_count()
+    base_threads = settled_thread_count(stable_polls=5)
     base_rss = rss_mb()
     base_live = live_iterators(args.builtin)
     soak.peak_threads = base_threads
