@@ -174,25 +174,30 @@ void SourcePool::Offer(Seat* seat, bool urgent) {
   }
 }
 
+int64_t SourcePool::TasksWaiting() const {
+  const bool pull_waiting =
+      !input_busy_ && !input_ended_ && !free_seats_.empty();
+  return static_cast<int64_t>(work_queue_.size()) + (pull_waiting ? 1 : 0);
+}
+
 void SourcePool::WakeWorker(bool parallel) {
   if (cancelled_ || seat_ctx_ == nullptr) return;
-  if (!parallel && wakes_pending_ > 0) return;
+  // Each worker on its way takes a task when it arrives: waking one more
+  // than there are tasks only makes it find nothing and sleep again.
+  const int64_t coming = wakes_pending_ + workers_starting_;
+  if (parallel ? TasksWaiting() <= coming : coming > 0) return;
   if (idle_workers_ > wakes_pending_) {
     ++wakes_pending_;
     worker_cond_var_.notify_one();
   } else if (static_cast<int64_t>(workers_.size()) < num_seats_) {
+    ++workers_starting_;
     workers_.push_back(seat_ctx_->StartThread(
         absl::StrCat("tf_interleave_worker_", workers_.size()),
         [this]() { WorkerThread(); }));
   }
 }
 
-void SourcePool::WakeForRemainingWork() {
-  if (!work_queue_.empty() ||
-      (!input_busy_ && !input_ended_ && !free_seats_.empty())) {
-    WakeWorker(/*parallel=*/true);
-  }
-}
+void SourcePool::WakeForRemainingWork() { WakeWorker(/*parallel=*/true); }
 
 bool SourcePool::Drained() const {
   return input_ended_ && seat_of_source_.empty();
@@ -226,6 +231,10 @@ SourcePool::Task SourcePool::NextTask() {
 void SourcePool::WorkerThread() {
   IteratorContext* ctx = seat_ctx_.get();
   callbacks_.record_start(ctx);
+  {
+    mutex_lock l(mu_);
+    --workers_starting_;
+  }
   Task task;
   std::unique_ptr<IteratorBase> dropped;
   bool exit = false;

@@ -265,8 +265,9 @@ class SourcePool : public StatsSource {
   // Queues the seat if it has work; wakes a worker when `urgent`.
   void Offer(Seat* seat, bool urgent) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a sleeping worker, or starts one if none sleeps and fewer than
-  // one per seat run. Work on a fast source (`parallel` false) needs no
-  // worker of its own: if one is already being woken, it will do it.
+  // one per seat run, unless the workers already on their way are enough
+  // for the tasks waiting. Work on a fast source (`parallel` false) needs no
+  // worker of its own: if one is already on its way, it will do it.
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An idle worker's wait: until woken, or, for the one watcher, until the
   // consumer's current inline call has lasted kInlineWatchNanos (then
@@ -274,6 +275,8 @@ class SourcePool : public StatsSource {
   // consumer has been out of `GetNext` that long with work queued.
   void WaitAsIdleWorker(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Tasks a worker could take now: queued seats and a pull of the input.
+  int64_t TasksWaiting() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a worker for queued work when the caller is about to block.
   void WakeForRemainingWork() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True once no task can ever come: workers may exit.
@@ -350,8 +353,10 @@ class SourcePool : public StatsSource {
   bool input_busy_ TF_GUARDED_BY(mu_) = false;  // A worker pulls the input.
   std::vector<std::unique_ptr<tensorflow::Thread>> workers_ TF_GUARDED_BY(mu_);
   int64_t idle_workers_ TF_GUARDED_BY(mu_) = 0;
-  // Workers notified that have not woken up yet.
+  // Workers notified that have not woken up yet, and started ones that
+  // have not begun.
   int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
+  int64_t workers_starting_ TF_GUARDED_BY(mu_) = 0;
   tensorflow::condition_variable worker_cond_var_;
   // The consumer's inline calls (see `ProduceInline`): when the current one
   // started (0: none runs), when the last one did, whether an idle worker
