@@ -75,22 +75,39 @@ def test_sloppy_input_that_blocks_after_a_long_cheap_run() -> None:
     assert sorted(values) == sorted(v for vs in nested_values([per_input] * 6) for v in vs)
 
 
+def nested_with_pace(pace: str):
+    """``map_func`` for input ``x``: 500 elements that are cheap, cost some CPU each, or wait 200 us each."""
+
+    def map_func(x: tf.Tensor) -> tf.data.Dataset:
+        values = tf.data.Dataset.range(STRIDE * x, STRIDE * x + 500)
+        if pace == "costly":  # more than a hand-off to a worker, less than a blocking call
+            return values.map(lambda v: v + tf.reduce_sum(tf.range(20_000, dtype=tf.int64)) * 0)
+        if pace == "slow":
+            return values.apply(testing.sleep(200))
+        return values
+
+    return map_func
+
+
+@pytest.mark.parametrize("pace", ["cheap", "costly", "slow"])
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
-def test_cheap_inputs_are_refilled_while_the_consumer_is_away(sloppy: bool) -> None:
+def test_buffers_fill_while_the_consumer_is_away(sloppy: bool, pace: str) -> None:
     # Eight inputs, all open at once (cycle 4 + prefetch 8 seats): once the consumer stops calling,
-    # every buffer fills up, those it produces itself included.
+    # every buffer fills up, whoever produces an input's elements (the consumer itself for cheap ones,
+    # a worker topping up an empty buffer for costly ones, a worker as soon as there is room for slow
+    # ones) and whether the buffer was left empty or half full.
     inputs, per_input, buffer_size = 8, 500, 2
     dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
-        lambda x: tf.data.Dataset.range(STRIDE * x, STRIDE * x + per_input), 4, sloppy=sloppy,
-        buffer_output_elements=buffer_size))
+        nested_with_pace(pace), 4, sloppy=sloppy, buffer_output_elements=buffer_size))
     options = tf.data.Options()
     options.autotune.enabled = False  # no prefetch of tf.data's own in front of the op
+    earlier = {s["id"] for s in tf_interleave.stats()}  # iterators of other tests still alive
     iterator = iter(dataset.with_options(options))
-    for _ in range(300):  # long enough for the inputs to count as cheap (and proven)
+    for _ in range(300):  # long enough for cheap inputs to count as cheap (and proven)
         next(iterator)
 
     def buffered() -> int:
-        mine = [s for s in tf_interleave.stats() if s["elements"] >= 300]
+        mine = [s for s in tf_interleave.stats() if s["id"] not in earlier]
         assert len(mine) == 1, tf_interleave.stats()
         return mine[0]["buffered_elements"]
 

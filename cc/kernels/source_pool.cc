@@ -28,8 +28,10 @@ using ::tensorflow::profiler::TraceMe;
 using ::tensorflow::profiler::TraceMeEncode;
 
 // While the consumer has produced an element inline within the last
-// kInlineRecentNanos, one idle worker wakes every kInlineWatchNanos: when an
-// inline call has lasted that long, workers take over the other sources.
+// kInlineRecentNanos, or work waits in the queue, one idle worker wakes every
+// kInlineWatchNanos: when an inline call has lasted that long, workers take
+// over the other sources; when the consumer has been away that long, they
+// fill the buffers for its return.
 constexpr int64_t kInlineWatchNanos = 1000 * 1000;
 constexpr int64_t kInlineRecentNanos = 10 * 1000 * 1000;
 // Elements delivered without inline calls after one blocked in sloppy mode:
@@ -120,7 +122,7 @@ void SourcePool::Cancel() {
     cancelled_ = true;
     consumer_cond_var_.notify_all();
     pause_cond_var_.notify_all();
-    worker_cond_var_.notify_all();
+    WakeAllWorkers();
     retry_cond_var_.notify_all();
     budget_cond_var_.notify_all();
   }
@@ -186,15 +188,46 @@ void SourcePool::WakeWorker(bool parallel) {
   // than there are tasks only makes it find nothing and sleep again.
   const int64_t coming = wakes_pending_ + workers_starting_;
   if (parallel ? TasksWaiting() <= coming : coming > 0) return;
-  if (idle_workers_ > wakes_pending_) {
-    ++wakes_pending_;
-    worker_cond_var_.notify_one();
+  if (!idle_workers_.empty()) {
+    WakeIdleWorker();
   } else if (static_cast<int64_t>(workers_.size()) < num_seats_) {
     ++workers_starting_;
     workers_.push_back(seat_ctx_->StartThread(
         absl::StrCat("tf_interleave_worker_", workers_.size()),
         [this]() { WorkerThread(); }));
   }
+}
+
+void SourcePool::WakeIdleWorker() {
+  // The most recently idle worker: the fewer threads take turns on the
+  // sources, the less memory their allocator keeps for each (a reader's
+  // buffer freed on one thread is reused only by the thread that made it),
+  // and the warmer their caches.
+  IdleWorker* worker = idle_workers_.back();
+  idle_workers_.pop_back();
+  worker->woken = true;
+  worker->counted = true;
+  ++wakes_pending_;
+  worker->cond_var.notify_one();
+}
+
+void SourcePool::WakeAllWorkers() {
+  for (IdleWorker* worker : idle_workers_) {
+    worker->woken = true;
+    worker->cond_var.notify_one();
+  }
+  idle_workers_.clear();
+}
+
+void SourcePool::CallWatcher() {
+  if (watcher_ || watch_called_ || work_queue_.empty() || wakes_pending_ > 0 ||
+      workers_starting_ > 0 || idle_workers_.empty() ||
+      idle_workers_.size() < workers_.size()) {
+    return;
+  }
+  // Not a wake-up for a task: the worker finds work queued and watches it.
+  watch_called_ = true;
+  idle_workers_.back()->cond_var.notify_one();
 }
 
 void SourcePool::WakeForRemainingWork() { WakeWorker(/*parallel=*/true); }
@@ -278,15 +311,13 @@ void SourcePool::WorkerThread() {
       }
       if (cancelled_ || Drained()) {
         // Every other sleeping worker has nothing left either.
-        worker_cond_var_.notify_all();
+        WakeAllWorkers();
         exit = true;
         break;
       }
-      ++idle_workers_;
       callbacks_.record_stop(ctx);
       WaitAsIdleWorker(l);
       callbacks_.record_start(ctx);
-      --idle_workers_;
     }
   }
   dropped.reset();
@@ -294,23 +325,28 @@ void SourcePool::WorkerThread() {
 }
 
 void SourcePool::WaitAsIdleWorker(mutex_lock& lock) {
-  while (true) {
+  IdleWorker self;
+  idle_workers_.push_back(&self);
+  while (!self.woken) {
     const bool inline_recently =
         last_inline_nanos_ != 0 &&
         EnvTime::NowNanos() - last_inline_nanos_ < kInlineRecentNanos;
-    if (watcher_ || !inline_recently) {
-      worker_cond_var_.wait(lock);
-      break;
+    if (watcher_ || (!inline_recently && work_queue_.empty())) {
+      self.cond_var.wait(lock);
+      watch_called_ = false;
+      continue;
     }
     // The watcher: wakes up now and then while the consumer produces inline,
-    // to take over the other sources' work if an inline call blocks.
+    // to take over the other sources' work if an inline call blocks, and
+    // while work waits in the queue for a worker that is awake anyway (a
+    // buffer topped up once empty, or one the consumer fills itself), to
+    // do it if the consumer stays away.
     watcher_ = true;
-    const bool timed_out =
-        worker_cond_var_.wait_for(lock, std::chrono::nanoseconds(
-                                            kInlineWatchNanos)) ==
-        std::cv_status::timeout;
+    self.cond_var.wait_for(lock,
+                           std::chrono::nanoseconds(kInlineWatchNanos));
     watcher_ = false;
-    if (!timed_out) break;
+    watch_called_ = false;
+    if (self.woken) break;
     if (inline_start_nanos_ != 0 &&
         EnvTime::NowNanos() - inline_start_nanos_ >= kInlineWatchNanos) {
       inline_stalled_ = true;
@@ -322,10 +358,13 @@ void SourcePool::WaitAsIdleWorker(mutex_lock& lock) {
         EnvTime::NowNanos() - consumer_left_nanos_ >= kInlineWatchNanos) {
       break;
     }
-    // A wake-up may have come just as the wait timed out, and missed it.
-    if (wakes_pending_ > 0 || cancelled_ || Drained()) break;
+    if (cancelled_ || Drained()) break;
   }
-  if (wakes_pending_ > 0) --wakes_pending_;
+  if (!self.woken) {
+    idle_workers_.erase(
+        std::find(idle_workers_.begin(), idle_workers_.end(), &self));
+  }
+  if (self.counted) --wakes_pending_;
 }
 
 void SourcePool::RunTask(Task* task) {
@@ -685,7 +724,7 @@ absl::Status SourcePool::ReleaseSource(int64_t source) {
   seat->input_error = absl::OkStatus();
   if (input_ended_) {
     // No task can come for this seat; idle workers may be done for good.
-    if (Drained()) worker_cond_var_.notify_all();
+    if (Drained()) WakeAllWorkers();
     return skip_status;
   }
   free_seats_.push_back(seat);
@@ -864,6 +903,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       [this]() TF_NO_THREAD_SAFETY_ANALYSIS {
         consumer_inside_ = false;
         consumer_left_nanos_ = EnvTime::NowNanos();
+        CallWatcher();
       });
   TF_RETURN_IF_ERROR(EnsureStarted(ctx));
   const InterleaveScheduler::StateFn state_of =
@@ -967,10 +1007,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
   // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
   // does, inline calls in a row need no wake-up.
-  if (!watcher_ && idle_workers_ > wakes_pending_) {
-    ++wakes_pending_;
-    worker_cond_var_.notify_one();
-  }
+  if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();
   {
     ScopedUnlock unlock(&mu_);
     RunTask(&task);
@@ -1154,9 +1191,7 @@ absl::Status SourcePool::Save(tensorflow::data::SerializationContext* ctx,
   ++pause_requests_;
   auto resume = tensorflow::gtl::MakeCleanup([this]()
                                                  TF_NO_THREAD_SAFETY_ANALYSIS {
-    if (--pause_requests_ == 0) {
-      worker_cond_var_.notify_all();
-    }
+    if (--pause_requests_ == 0) WakeAllWorkers();
   });
   while (active_calls_ > 0 && !cancelled_) pause_cond_var_.wait(l);
   if (cancelled_) {

@@ -19,13 +19,17 @@
 //  - Elements cheaper than a hand-off between threads (an "inline" source,
 //    see source_pace.h) are produced by the consumer itself when their
 //    buffer is empty and no worker is on the source: no wake-up at all.
-//    While it does, one idle worker wakes every millisecond; if an inline
-//    call has lasted that long, workers take over the other sources (which
-//    may block the same way), and in sloppy mode the consumer leaves
-//    production to workers for a while (and, once ends have blocked, the
-//    calls that may find an end: see `SlowEnds`). If the consumer has been
-//    out of `GetNext` that long, the watcher refills those buffers in its
-//    absence.
+//    While it does, or while work waits in the queue for a worker that is
+//    awake anyway, one idle worker (the watcher) wakes every millisecond; if
+//    an inline call has lasted that long, workers take over the other
+//    sources (which may block the same way), and in sloppy mode the
+//    consumer leaves production to workers for a while (and, once ends have
+//    blocked, the calls that may find an end: see `SlowEnds`). If the
+//    consumer has been out of `GetNext` that long, the watcher fills the
+//    buffers in its absence.
+//  - An idle worker is woken on its own condition variable, the most
+//    recently idle one first, so that few threads take turns on the sources
+//    (warmer caches, and less memory kept by per-thread malloc arenas).
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -204,6 +208,14 @@ class SourcePool : public StatsSource {
     bool queued = false;   // The seat is in `work_queue_`.
   };
 
+  // A worker waiting for work, on its own condition variable so that the
+  // pool chooses which one wakes (see `WakeIdleWorker`).
+  struct IdleWorker {
+    tensorflow::condition_variable cond_var;
+    bool woken = false;    // Taken off `idle_workers_` by a waker.
+    bool counted = false;  // Woken for a task: counts in `wakes_pending_`.
+  };
+
   enum class TaskKind { kNone, kPull, kOpen, kProduce };
   // One unit of a worker's work, and what running it produced.
   struct Task {
@@ -269,6 +281,11 @@ class SourcePool : public StatsSource {
   // for the tasks waiting. Work on a fast source (`parallel` false) needs no
   // worker of its own: if one is already on its way, it will do it.
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the most recently idle worker for a task.
+  void WakeIdleWorker() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes every idle worker (cancellation, the end of a pause, no work
+  // left), without counting them as coming for a task.
+  void WakeAllWorkers() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // An idle worker's wait: until woken, or, for the one watcher, until the
   // consumer's current inline call has lasted kInlineWatchNanos (then
   // `inline_stalled_` is set and the worker goes on to queued work) or the
@@ -277,6 +294,10 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Tasks a worker could take now: queued seats and a pull of the input.
   int64_t TasksWaiting() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // As the consumer leaves `GetNext`: when work waits in the queue and every
+  // worker sleeps without a watcher, makes one of them the watcher, so that
+  // the buffers fill while the consumer is away.
+  void CallWatcher() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a worker for queued work when the caller is about to block.
   void WakeForRemainingWork() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // True once no task can ever come: workers may exit.
@@ -352,12 +373,13 @@ class SourcePool : public StatsSource {
   std::deque<Seat*> work_queue_ TF_GUARDED_BY(mu_);
   bool input_busy_ TF_GUARDED_BY(mu_) = false;  // A worker pulls the input.
   std::vector<std::unique_ptr<tensorflow::Thread>> workers_ TF_GUARDED_BY(mu_);
-  int64_t idle_workers_ TF_GUARDED_BY(mu_) = 0;
-  // Workers notified that have not woken up yet, and started ones that
-  // have not begun.
+  // Idle workers, the most recently idle last; a worker leaves the list
+  // when it is woken.
+  std::vector<IdleWorker*> idle_workers_ TF_GUARDED_BY(mu_);
+  // Workers woken for a task that have not resumed yet, and started ones
+  // that have not begun.
   int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
   int64_t workers_starting_ TF_GUARDED_BY(mu_) = 0;
-  tensorflow::condition_variable worker_cond_var_;
   // The consumer's inline calls (see `ProduceInline`): when the current one
   // started (0: none runs), when the last one did, whether an idle worker
   // watches them, and whether the current one has lasted long enough that
@@ -365,6 +387,7 @@ class SourcePool : public StatsSource {
   int64_t inline_start_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t last_inline_nanos_ TF_GUARDED_BY(mu_) = 0;
   bool watcher_ TF_GUARDED_BY(mu_) = false;
+  bool watch_called_ TF_GUARDED_BY(mu_) = false;  // See `CallWatcher`.
   bool inline_stalled_ TF_GUARDED_BY(mu_) = false;
   // Whether the consumer is in `GetNext`, and when it last left: while it is
   // away, the watcher refills the buffers of sources it produces itself.
