@@ -82,14 +82,30 @@ class SourcePace {
 // last record), and inputs of one pipeline tend to be alike: once a source's
 // end-finding call has blocked, a sloppy consumer leaves the calls of other
 // sources from that many elements on to workers, instead of sitting through
-// the same wait while other sources have elements ready.
+// the same wait while other sources have elements ready. Before any source
+// has ended, first calls that took long (opens on remote storage: most of
+// them, and at least two, since a thread starting among many others may take
+// milliseconds too) say the ends may block as well: then every call is left
+// to workers until a first end shows where ends are and what they cost.
 class SlowEnds {
  public:
+  // A first call longer than this is a slow open.
+  static constexpr int64_t kSlowOpenNanos = 10 * 1000 * 1000;
+  static constexpr int64_t kSlowOpensToExpect = 2;
+
+  // A source's first call took `nanos` (it usually pays for the open).
+  void RecordFirstCall(int64_t nanos) {
+    ++opens_;
+    if (nanos > kSlowOpenNanos) ++slow_opens_;
+  }
+
   // The call that found a source's end, after `produced` elements, took
   // `nanos`. A source's first call is left out: it may have paid for the
   // open rather than for the end.
   void RecordEnd(int64_t produced, int64_t nanos) {
-    if (produced == 0 || nanos <= SourcePace::kStallNanos) return;
+    if (produced == 0) return;
+    end_seen_ = true;
+    if (nanos <= SourcePace::kStallNanos) return;
     if (first_slow_end_ < 0 || produced < first_slow_end_) {
       first_slow_end_ = produced;
     }
@@ -98,10 +114,16 @@ class SlowEnds {
   // Whether a source's next call, after `produced` elements, may be one
   // that blocks at its end.
   bool Expected(int64_t produced) const {
+    if (!end_seen_) {
+      return slow_opens_ >= kSlowOpensToExpect && 2 * slow_opens_ > opens_;
+    }
     return first_slow_end_ >= 0 && produced >= first_slow_end_;
   }
 
  private:
+  int64_t opens_ = 0;            // Sources whose first call returned.
+  int64_t slow_opens_ = 0;       // Of those, the ones that took long.
+  bool end_seen_ = false;        // A source has ended after an element.
   int64_t first_slow_end_ = -1;  // Fewest elements before a slow end.
 };
 

@@ -482,6 +482,7 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
       }
       break;
     case TaskKind::kProduce:
+      if (seat->produced == 0) slow_ends_.RecordFirstCall(task->elapsed_nanos);
       seat->pace.Record(task->elapsed_nanos);
       if (task->status.ok()) {
         if (task->end) {

@@ -23,8 +23,8 @@
 //    awake anyway, one idle worker (the watcher) wakes every millisecond; if
 //    an inline call has lasted that long, workers take over the other
 //    sources (which may block the same way), and in sloppy mode the
-//    consumer leaves production to workers for a while (and, once ends have
-//    blocked, the calls that may find an end: see `SlowEnds`). If the
+//    consumer leaves production to workers for a while (and the calls that
+//    may find an end, once ends or opens have blocked: see `SlowEnds`). If the
 //    consumer has been out of `GetNext` that long, the watcher fills the
 //    buffers in its absence.
 //  - An idle worker is woken on its own condition variable, the most
@@ -397,8 +397,8 @@ class SourcePool : public StatsSource {
   // `ProduceInline`).
   int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
   int64_t inline_pause_elements_ TF_GUARDED_BY(mu_);
-  // Sloppy: where sources' ends blocked, so that the consumer leaves those
-  // calls to workers.
+  // Sloppy: where sources' ends blocked (or whether their opens did, before
+  // any has ended), so that the consumer leaves those calls to workers.
   SlowEnds slow_ends_ TF_GUARDED_BY(mu_);
   // Workers waiting out a retry delay, or for the memory budget.
   tensorflow::condition_variable retry_cond_var_;

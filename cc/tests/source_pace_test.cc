@@ -155,5 +155,40 @@ TEST(ShortestSlowEndCounts) {
   CHECK(!ends.Expected(99));
 }
 
+TEST(SlowOpensMakeEveryCallAPossibleEndUntilOneIsSeen) {
+  SlowEnds ends;
+  ends.RecordFirstCall(50000 * kMicros);
+  CHECK(!ends.Expected(5)) << "one slow first call may be a preempted thread";
+  ends.RecordFirstCall(50000 * kMicros);
+  CHECK(ends.Expected(0));
+  CHECK(ends.Expected(5)) << "opens on remote storage: ends may block too";
+  // The first end shows where ends are and what they cost.
+  ends.RecordEnd(256, 3 * kMicros);
+  CHECK(!ends.Expected(5));
+  CHECK(!ends.Expected(256));
+}
+
+TEST(SlowOpensCountOnlyAsMostOpens) {
+  SlowEnds ends;
+  // Threads starting together: a few first calls take milliseconds.
+  ends.RecordFirstCall(12000 * kMicros);
+  ends.RecordFirstCall(15000 * kMicros);
+  for (int i = 0; i < 6; ++i) ends.RecordFirstCall(200 * kMicros);
+  CHECK(!ends.Expected(5));
+  // A local file's open, even a slow one, is below the bar.
+  SlowEnds local;
+  for (int i = 0; i < 8; ++i) local.RecordFirstCall(5000 * kMicros);
+  CHECK(!local.Expected(5));
+}
+
+TEST(SlowEndAfterSlowOpensSetsTheBar) {
+  SlowEnds ends;
+  ends.RecordFirstCall(50000 * kMicros);
+  ends.RecordFirstCall(50000 * kMicros);
+  ends.RecordEnd(256, 50000 * kMicros);
+  CHECK(!ends.Expected(255));
+  CHECK(ends.Expected(256));
+}
+
 }  // namespace
 }  // namespace tf_interleave
