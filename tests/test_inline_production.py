@@ -89,34 +89,53 @@ def nested_with_pace(pace: str):
     return map_func
 
 
+@pytest.mark.parametrize("mode", ["eager", "tf_function", "graph"])
 @pytest.mark.parametrize("pace", ["cheap", "costly", "slow"])
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
-def test_buffers_fill_while_the_consumer_is_away(sloppy: bool, pace: str) -> None:
+def test_buffers_fill_while_the_consumer_is_away(sloppy: bool, pace: str, mode: str) -> None:
     # Eight inputs, all open at once (cycle 4 + prefetch 8 seats): once the consumer stops calling,
     # every buffer fills up, whoever produces an input's elements (the consumer itself for cheap ones,
     # a worker topping up an empty buffer for costly ones, a worker as soon as there is room for slow
     # ones) and whether the buffer was left empty or half full.
-    inputs, per_input, buffer_size = 8, 500, 2
-    dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
-        nested_with_pace(pace), 4, sloppy=sloppy, buffer_output_elements=buffer_size))
-    options = tf.data.Options()
-    options.autotune.enabled = False  # no prefetch of tf.data's own in front of the op
+    inputs, per_input, buffer_size, consumed = 8, 500, 2, 300
+
+    def make_dataset() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
+            nested_with_pace(pace), 4, sloppy=sloppy, buffer_output_elements=buffer_size))
+        options = tf.data.Options()
+        options.autotune.enabled = False  # no prefetch of tf.data's own in front of the op
+        return dataset.with_options(options)
+
     earlier = {s["id"] for s in tf_interleave.stats()}  # iterators of other tests still alive
-    iterator = iter(dataset.with_options(options))
-    for _ in range(300):  # long enough for cheap inputs to count as cheap (and proven)
-        next(iterator)
 
     def buffered() -> int:
         mine = [s for s in tf_interleave.stats() if s["id"] not in earlier]
         assert len(mine) == 1, tf_interleave.stats()
         return mine[0]["buffered_elements"]
 
-    deadline = time.monotonic() + 10.0
-    while buffered() < inputs * buffer_size and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert buffered() == inputs * buffer_size
-    rest = [int(v) for v in iterator]
-    assert len(rest) == inputs * per_input - 300
+    def wait_for_full_buffers() -> None:
+        deadline = time.monotonic() + 10.0
+        while buffered() < inputs * buffer_size and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert buffered() == inputs * buffer_size
+
+    # Long enough for cheap inputs to count as cheap (and proven), then away.
+    if mode == "graph":
+        with tf.Graph().as_default():
+            next_element = tf.compat.v1.data.make_one_shot_iterator(make_dataset()).get_next()
+            with tf.compat.v1.Session() as session:
+                for _ in range(consumed):
+                    session.run(next_element)
+                wait_for_full_buffers()
+                rest = run_session_until_end(session, next_element)
+    else:
+        iterator = iter(make_dataset())
+        step = tf.function(lambda: next(iterator)) if mode == "tf_function" else (lambda: next(iterator))
+        for _ in range(consumed):
+            step()
+        wait_for_full_buffers()
+        rest = [int(v) for v in iterator]
+    assert len(rest) == inputs * per_input - consumed
 
 
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
