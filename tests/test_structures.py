@@ -66,6 +66,34 @@ def test_element_spec_equals_builtin(tfi: types.ModuleType, builtin_interleave) 
     assert collect(ours) == collect(theirs)
 
 
+COMPOSITE_CASES = [
+    pytest.param(lambda v: tf.sparse.SparseTensor([[0, v % 2]], [v], [2, 2]), id="sparse"),
+    pytest.param(lambda v: tf.RaggedTensor.from_row_lengths(tf.range(v % 3 + 1), [v % 3 + 1]), id="ragged"),
+]
+
+
+def _as_lists(dataset: tf.data.Dataset) -> List[str]:
+    """Each element as a hashable string, whatever composite tensor it is."""
+    return [str(tf.nest.map_structure(
+        lambda t: tf.sparse.to_dense(t).numpy().tolist() if isinstance(t, tf.sparse.SparseTensor) else t.to_list(),
+        element)) for element in dataset]
+
+
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("transform", COMPOSITE_CASES)
+def test_composite_elements_equal_builtin(tfi: types.ModuleType, builtin_interleave, transform: Callable,
+                                         sloppy: bool) -> None:
+    """Sparse and ragged elements pass through as the built-in passes them, spec and values."""
+    map_func = _mapped(transform)
+    ours = sized_input(SIZES).apply(tfi.parallel_interleave(map_func, CYCLE_LENGTH, BLOCK_LENGTH, sloppy=sloppy))
+    theirs = sized_input(SIZES).apply(builtin_interleave(map_func, CYCLE_LENGTH, BLOCK_LENGTH, sloppy=sloppy))
+    assert ours.element_spec == theirs.element_spec
+    expected = _as_lists(theirs)
+    assert len(expected) == sum(SIZES)
+    actual = _as_lists(ours)
+    assert (actual if not sloppy else sorted(actual)) == (expected if not sloppy else sorted(expected))
+
+
 def test_is_dataset_subclass(tfi: types.ModuleType) -> None:
     dataset = _interleave(tfi, sized_input(SIZES), sized_map_func(SIZES))
     assert isinstance(dataset, tfi.ParallelInterleaveDataset)

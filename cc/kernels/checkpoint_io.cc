@@ -148,4 +148,144 @@ absl::Status CheckpointReader::Scheduler(absl::string_view key,
   return Int(absl::StrCat(key, ".sloppy_skips"), &state->sloppy_skips);
 }
 
+// An error kept apart from a buffer, as a list of zero or one element.
+absl::Status CheckpointWriter::Error(absl::string_view key,
+                                     const absl::Status& status) {
+  std::deque<BufferedElement> elements;
+  if (!status.ok()) elements.push_back(BufferedElement{status, {}, 0});
+  return Elements(key, elements);
+}
+
+absl::Status CheckpointReader::Error(absl::string_view key,
+                                     absl::Status* status) {
+  std::deque<BufferedElement> elements;
+  TF_RETURN_IF_ERROR(Elements(key, &elements));
+  *status = elements.empty() ? absl::OkStatus() : elements.front().status;
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Source(absl::string_view key, bool symbolic,
+                                      const SourceRecord& record) {
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".source"), record.source));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".retries"), record.retries));
+  TF_RETURN_IF_ERROR(
+      Tensors(absl::StrCat(key, ".input"), record.input_element));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".skipped"), record.skipped));
+  TF_RETURN_IF_ERROR(
+      Error(absl::StrCat(key, ".skip_error"), record.skip_error));
+  if (symbolic) {
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".stop_at"), record.stop_at));
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".delivered"), record.delivered));
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".input_failed"), record.input_failed));
+    return Error(absl::StrCat(key, ".input_error"), record.input_error);
+  }
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".ended"), record.ended));
+  TF_RETURN_IF_ERROR(
+      Int(absl::StrCat(key, ".needs_open"), record.needs_open));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".produced"), record.produced));
+  TF_RETURN_IF_ERROR(Elements(absl::StrCat(key, ".buffer"), record.buffer));
+  return Int(absl::StrCat(key, ".open"), record.open);
+}
+
+absl::Status CheckpointReader::Source(absl::string_view key, bool symbolic,
+                                      SourceRecord* record) {
+  int64_t value;
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".source"), &record->source));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".retries"), &record->retries));
+  TF_RETURN_IF_ERROR(
+      Tensors(absl::StrCat(key, ".input"), &record->input_element));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".skipped"), &value));
+  record->skipped = value != 0;
+  TF_RETURN_IF_ERROR(
+      Error(absl::StrCat(key, ".skip_error"), &record->skip_error));
+  if (symbolic) {
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".stop_at"), &record->stop_at));
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".delivered"), &record->delivered));
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".input_failed"), &value));
+    record->input_failed = value != 0;
+    return Error(absl::StrCat(key, ".input_error"), &record->input_error);
+  }
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".ended"), &value));
+  record->ended = value != 0;
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".needs_open"), &value));
+  record->needs_open = value != 0;
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".produced"), &record->produced));
+  TF_RETURN_IF_ERROR(Elements(absl::StrCat(key, ".buffer"), &record->buffer));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".open"), &value));
+  record->open = value != 0;
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Pool(const PoolRecord& record) {
+  TF_RETURN_IF_ERROR(Int("symbolic", record.symbolic));
+  TF_RETURN_IF_ERROR(Int("cycle_length", record.cycle_length));
+  TF_RETURN_IF_ERROR(Int("block_length", record.block_length));
+  TF_RETURN_IF_ERROR(
+      Int("buffer_output_elements", record.buffer_output_elements));
+  TF_RETURN_IF_ERROR(
+      Int("prefetch_input_elements", record.prefetch_input_elements));
+  TF_RETURN_IF_ERROR(Int("sloppy", record.sloppy));
+  TF_RETURN_IF_ERROR(Scheduler("scheduler", record.scheduler));
+  TF_RETURN_IF_ERROR(Int("sources_pulled", record.sources_pulled));
+  TF_RETURN_IF_ERROR(Int("input_ended", record.input_ended));
+  TF_RETURN_IF_ERROR(Int("skipped.size", record.skipped.size()));
+  for (size_t i = 0; i < record.skipped.size(); ++i) {
+    const SkippedInput& skipped = record.skipped[i];
+    const std::string key = absl::StrCat("skipped.", i);
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".source"), skipped.source));
+    TF_RETURN_IF_ERROR(String(absl::StrCat(key, ".label"), skipped.label));
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".element_index"), skipped.element_index));
+    TF_RETURN_IF_ERROR(String(absl::StrCat(key, ".error"), skipped.error));
+  }
+  TF_RETURN_IF_ERROR(Int("live.size", record.live.size()));
+  for (size_t i = 0; i < record.live.size(); ++i) {
+    TF_RETURN_IF_ERROR(Source(absl::StrCat("live.", i), record.symbolic,
+                              record.live[i]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointReader::Pool(PoolRecord* record) {
+  int64_t value;
+  TF_RETURN_IF_ERROR(Int("symbolic", &value));
+  record->symbolic = value != 0;
+  TF_RETURN_IF_ERROR(Int("cycle_length", &record->cycle_length));
+  TF_RETURN_IF_ERROR(Int("block_length", &record->block_length));
+  TF_RETURN_IF_ERROR(
+      Int("buffer_output_elements", &record->buffer_output_elements));
+  TF_RETURN_IF_ERROR(
+      Int("prefetch_input_elements", &record->prefetch_input_elements));
+  TF_RETURN_IF_ERROR(Int("sloppy", &record->sloppy));
+  TF_RETURN_IF_ERROR(Scheduler("scheduler", &record->scheduler));
+  TF_RETURN_IF_ERROR(Int("sources_pulled", &record->sources_pulled));
+  TF_RETURN_IF_ERROR(Int("input_ended", &value));
+  record->input_ended = value != 0;
+  TF_RETURN_IF_ERROR(Int("skipped.size", &value));
+  TF_RETURN_IF_ERROR(CheckCount("skipped.size", value));
+  // Grown as read, so that a corrupt count fails at its first missing entry
+  // instead of allocating for all of them.
+  record->skipped.clear();
+  for (int64_t i = 0; i < value; ++i) {
+    SkippedInput& skipped = record->skipped.emplace_back();
+    const std::string key = absl::StrCat("skipped.", i);
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".source"), &skipped.source));
+    TF_RETURN_IF_ERROR(String(absl::StrCat(key, ".label"), &skipped.label));
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".element_index"), &skipped.element_index));
+    TF_RETURN_IF_ERROR(String(absl::StrCat(key, ".error"), &skipped.error));
+  }
+  TF_RETURN_IF_ERROR(Int("live.size", &value));
+  TF_RETURN_IF_ERROR(CheckCount("live.size", value));
+  record->live.clear();
+  for (int64_t i = 0; i < value; ++i) {
+    TF_RETURN_IF_ERROR(Source(absl::StrCat("live.", i), record->symbolic,
+                              &record->live.emplace_back()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace tf_interleave

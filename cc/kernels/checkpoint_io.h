@@ -1,6 +1,8 @@
 // Reading and writing the interleave's own state in an iterator checkpoint:
-// the scheduler's state, buffered elements (errors included) and input
-// elements. Keys live under the iterator's prefix (`name`).
+// the scheduler's state, the open sources with their buffered elements
+// (errors included) and input elements, as plain records. Keys live under
+// the iterator's prefix (`name`); the input's and the nested iterators' own
+// states are written by those iterators, under their own prefixes.
 #ifndef TF_INTERLEAVE_CC_KERNELS_CHECKPOINT_IO_H_
 #define TF_INTERLEAVE_CC_KERNELS_CHECKPOINT_IO_H_
 
@@ -11,9 +13,47 @@
 #include "absl/strings/string_view.h"
 #include "cc/kernels/buffered_element.h"
 #include "cc/kernels/interleave_scheduler.h"
+#include "cc/kernels/interleave_stats.h"
 #include "tensorflow/core/framework/dataset.h"
 
 namespace tf_interleave {
+
+// One open source in a checkpoint. A full checkpoint holds what the source
+// has produced; a symbolic one only its position, from which it is reopened.
+struct SourceRecord {
+  int64_t source = -1;
+  int64_t retries = 0;
+  std::vector<tensorflow::Tensor> input_element;
+  bool skipped = false;     // It ended on an error that was skipped,
+  absl::Status skip_error;  // this one.
+  // Full checkpoints.
+  bool ended = false;
+  bool needs_open = false;
+  int64_t produced = 0;
+  std::deque<BufferedElement> buffer;
+  bool open = false;  // Its nested iterator's state is saved too.
+  // Symbolic checkpoints.
+  int64_t delivered = 0;
+  int64_t stop_at = -1;       // Where a skipped source stops again.
+  bool input_failed = false;  // Pulling its input element failed,
+  absl::Status input_error;   // with this error, still to be delivered.
+};
+
+// The pool's state in a checkpoint.
+struct PoolRecord {
+  bool symbolic = false;
+  // The arguments it ran with, checked again on restore.
+  int64_t cycle_length = 0;
+  int64_t block_length = 0;
+  int64_t buffer_output_elements = 0;
+  int64_t prefetch_input_elements = 0;
+  int64_t sloppy = 0;
+  InterleaveScheduler::State scheduler;
+  int64_t sources_pulled = 0;
+  bool input_ended = false;
+  std::vector<SkippedInput> skipped;  // Skips already counted.
+  std::vector<SourceRecord> live;     // In increasing source order.
+};
 
 // Reads and writes under one prefix, with typed helpers.
 class CheckpointWriter {
@@ -30,8 +70,13 @@ class CheckpointWriter {
                         const std::deque<BufferedElement>& elements);
   absl::Status Scheduler(absl::string_view key,
                          const InterleaveScheduler::State& state);
+  absl::Status Pool(const PoolRecord& record);
 
  private:
+  absl::Status Source(absl::string_view key, bool symbolic,
+                      const SourceRecord& record);
+  absl::Status Error(absl::string_view key, const absl::Status& status);
+
   tensorflow::data::IteratorStateWriter* const writer_;
   const std::string name_;
 };
@@ -51,8 +96,13 @@ class CheckpointReader {
                         std::deque<BufferedElement>* elements);
   absl::Status Scheduler(absl::string_view key,
                          InterleaveScheduler::State* state);
+  absl::Status Pool(PoolRecord* record);
 
  private:
+  absl::Status Source(absl::string_view key, bool symbolic,
+                      SourceRecord* record);
+  absl::Status Error(absl::string_view key, absl::Status* status);
+
   tensorflow::data::IteratorContext* const ctx_;
   tensorflow::data::IteratorStateReader* const reader_;
   const std::string name_;

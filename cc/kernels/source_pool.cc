@@ -7,7 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "cc/kernels/checkpoint_io.h"
 #include "tensorflow/core/lib/gtl/cleanup.h"
 #include "tensorflow/core/platform/env_time.h"
 #include "tensorflow/core/platform/errors.h"
@@ -1100,81 +1099,65 @@ absl::Status SourcePool::WriteState(
     tensorflow::data::SerializationContext* ctx,
     tensorflow::data::IteratorStateWriter* writer, const std::string& name,
     bool symbolic, const std::unique_ptr<IteratorBase>& input) {
-  CheckpointWriter out(writer, name);
-  TF_RETURN_IF_ERROR(out.Int("symbolic", symbolic));
-  TF_RETURN_IF_ERROR(out.Int("cycle_length", options_.cycle_length));
-  TF_RETURN_IF_ERROR(out.Int("block_length", options_.block_length));
-  TF_RETURN_IF_ERROR(
-      out.Int("buffer_output_elements", options_.buffer_output_elements));
-  TF_RETURN_IF_ERROR(
-      out.Int("prefetch_input_elements", options_.prefetch_input_elements));
-  TF_RETURN_IF_ERROR(out.Int("sloppy", options_.sloppy));
-  TF_RETURN_IF_ERROR(out.Scheduler("scheduler", scheduler_.state()));
-  TF_RETURN_IF_ERROR(out.Int("sources_pulled", sources_pulled_));
-  TF_RETURN_IF_ERROR(out.Int("input_ended", input_ended_));
-  if (!symbolic) TF_RETURN_IF_ERROR(callbacks_.save_iterator(ctx, writer, input));
-
-  // Skips already counted, for `max_skipped_inputs` and stats.
-  TF_RETURN_IF_ERROR(out.Int("skipped.size", skipped_inputs_.size()));
-  for (size_t i = 0; i < skipped_inputs_.size(); ++i) {
-    const SkippedInput& skipped = skipped_inputs_[i];
-    const std::string key = absl::StrCat("skipped.", i);
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".source"), skipped.source));
-    TF_RETURN_IF_ERROR(out.String(absl::StrCat(key, ".label"), skipped.label));
-    TF_RETURN_IF_ERROR(
-        out.Int(absl::StrCat(key, ".element_index"), skipped.element_index));
-    TF_RETURN_IF_ERROR(out.String(absl::StrCat(key, ".error"), skipped.error));
+  PoolRecord record;
+  record.symbolic = symbolic;
+  record.cycle_length = options_.cycle_length;
+  record.block_length = options_.block_length;
+  record.buffer_output_elements = options_.buffer_output_elements;
+  record.prefetch_input_elements = options_.prefetch_input_elements;
+  record.sloppy = options_.sloppy;
+  record.scheduler = scheduler_.state();
+  record.sources_pulled = sources_pulled_;
+  record.input_ended = input_ended_;
+  record.skipped = skipped_inputs_;
+  std::vector<const Seat*> live;
+  for (const auto& entry : seat_of_source_) live.push_back(entry.second);
+  std::sort(live.begin(), live.end(), [](const Seat* a, const Seat* b) {
+    return a->source < b->source;
+  });
+  for (const Seat* seat : live) {
+    record.live.push_back(RecordOf(*seat, symbolic));
   }
-
-  std::vector<int64_t> live;
-  for (const auto& entry : seat_of_source_) live.push_back(entry.first);
-  std::sort(live.begin(), live.end());
-  TF_RETURN_IF_ERROR(out.Int("live.size", live.size()));
-  for (size_t i = 0; i < live.size(); ++i) {
-    const Seat& seat = *seat_of_source_.at(live[i]);
-    const std::string key = absl::StrCat("live.", i);
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".source"), live[i]));
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".retries"), seat.retries));
-    TF_RETURN_IF_ERROR(out.Tensors(absl::StrCat(key, ".input"),
-                                   seat.input_element));
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".skipped"), seat.skipped));
-    std::deque<BufferedElement> skip_error;
-    if (seat.skipped) skip_error.push_back(BufferedElement{seat.skip_error, {}, 0});
-    TF_RETURN_IF_ERROR(
-        out.Elements(absl::StrCat(key, ".skip_error"), skip_error));
-    if (symbolic) {
-      // A skipped source stops again where it failed.
-      TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".stop_at"),
-                                 seat.skipped ? seat.produced : -1));
-      // A position: the source is reopened and skips what it delivered. A
-      // failed input pull cannot be repeated, so its error is kept instead.
+  TF_RETURN_IF_ERROR(CheckpointWriter(writer, name).Pool(record));
+  if (symbolic) return absl::OkStatus();
+  TF_RETURN_IF_ERROR(callbacks_.save_iterator(ctx, writer, input));
+  for (const Seat* seat : live) {
+    if (seat->iterator != nullptr) {
       TF_RETURN_IF_ERROR(
-          out.Int(absl::StrCat(key, ".delivered"), seat.delivered));
-      std::deque<BufferedElement> input_error;
-      if (!seat.input_error.ok() && seat.delivered == 0) {
-        input_error.push_back(BufferedElement{seat.input_error, {}, 0});
-      }
-      TF_RETURN_IF_ERROR(
-          out.Int(absl::StrCat(key, ".input_failed"), !seat.input_error.ok()));
-      TF_RETURN_IF_ERROR(
-          out.Elements(absl::StrCat(key, ".input_error"), input_error));
-      continue;
-    }
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".ended"), seat.source_ended));
-    TF_RETURN_IF_ERROR(
-        out.Int(absl::StrCat(key, ".needs_open"), seat.needs_open));
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".produced"), seat.produced));
-    // An element waiting for the memory budget is saved as buffered.
-    std::deque<BufferedElement> held = seat.buffer;
-    held.insert(held.end(), seat.pending.begin(), seat.pending.end());
-    TF_RETURN_IF_ERROR(out.Elements(absl::StrCat(key, ".buffer"), held));
-    const bool open = seat.iterator != nullptr;
-    TF_RETURN_IF_ERROR(out.Int(absl::StrCat(key, ".open"), open));
-    if (open) {
-      TF_RETURN_IF_ERROR(callbacks_.save_iterator(ctx, writer, seat.iterator));
+          callbacks_.save_iterator(ctx, writer, seat->iterator));
     }
   }
   return absl::OkStatus();
+}
+
+SourceRecord SourcePool::RecordOf(const Seat& seat, bool symbolic) const {
+  SourceRecord record;
+  record.source = seat.source;
+  record.retries = seat.retries;
+  record.input_element = seat.input_element;
+  record.skipped = seat.skipped;
+  if (seat.skipped) record.skip_error = seat.skip_error;
+  if (symbolic) {
+    // A position: the source is reopened and skips what it delivered; a
+    // skipped source stops again where it failed. A failed input pull
+    // cannot be repeated, so its error is kept instead.
+    record.delivered = seat.delivered;
+    record.stop_at = seat.skipped ? seat.produced : -1;
+    record.input_failed = !seat.input_error.ok();
+    if (record.input_failed && seat.delivered == 0) {
+      record.input_error = seat.input_error;
+    }
+    return record;
+  }
+  record.ended = seat.source_ended;
+  record.needs_open = seat.needs_open;
+  record.produced = seat.produced;
+  // An element waiting for the memory budget is saved as buffered.
+  record.buffer = seat.buffer;
+  record.buffer.insert(record.buffer.end(), seat.pending.begin(),
+                       seat.pending.end());
+  record.open = seat.iterator != nullptr;
+  return record;
 }
 
 absl::Status SourcePool::Save(tensorflow::data::SerializationContext* ctx,
@@ -1235,51 +1218,34 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
   if (ctx->symbolic_checkpoint() && !reader->Contains(name, "symbolic")) {
     return absl::OkStatus();
   }
-  CheckpointReader in(ctx, reader, name);
-  int64_t symbolic, cycle_length, block_length, buffer_output_elements,
-      prefetch_input_elements, sloppy;
-  TF_RETURN_IF_ERROR(in.Int("symbolic", &symbolic));
-  TF_RETURN_IF_ERROR(in.Int("cycle_length", &cycle_length));
-  TF_RETURN_IF_ERROR(in.Int("block_length", &block_length));
-  TF_RETURN_IF_ERROR(in.Int("buffer_output_elements", &buffer_output_elements));
-  TF_RETURN_IF_ERROR(
-      in.Int("prefetch_input_elements", &prefetch_input_elements));
-  TF_RETURN_IF_ERROR(in.Int("sloppy", &sloppy));
-  TF_RETURN_IF_ERROR(CheckArguments(cycle_length, block_length,
-                                    buffer_output_elements,
-                                    prefetch_input_elements, sloppy));
-  InterleaveScheduler::State state;
-  TF_RETURN_IF_ERROR(in.Scheduler("scheduler", &state));
+  PoolRecord record;
+  TF_RETURN_IF_ERROR(CheckpointReader(ctx, reader, name).Pool(&record));
+  TF_RETURN_IF_ERROR(CheckArguments(
+      record.cycle_length, record.block_length, record.buffer_output_elements,
+      record.prefetch_input_elements, record.sloppy));
+  const InterleaveScheduler::State& state = record.scheduler;
   const std::string problem = scheduler_.Restore(state);
   if (!problem.empty()) {
     return absl::DataLossError(
         absl::StrCat("tf_interleave checkpoint is inconsistent: ", problem));
   }
-  int64_t value;
-  TF_RETURN_IF_ERROR(in.Int("sources_pulled", &sources_pulled_));
-  TF_RETURN_IF_ERROR(in.Int("input_ended", &value));
-  input_ended_ = value != 0;
+  sources_pulled_ = record.sources_pulled;
+  input_ended_ = record.input_ended;
   if (sources_pulled_ != state.inputs_known ||
       input_ended_ != state.input_ended) {
     return absl::DataLossError(
         "tf_interleave checkpoint is inconsistent: input counters differ");
   }
-  TF_RETURN_IF_ERROR(callbacks_.restore_iterator(ctx, reader, input));
-  int64_t skipped_size;
-  TF_RETURN_IF_ERROR(in.Int("skipped.size", &skipped_size));
-  if (skipped_size < 0 || skipped_size > sources_pulled_) {
+  if (static_cast<int64_t>(record.skipped.size()) > sources_pulled_) {
     return absl::DataLossError("tf_interleave checkpoint: bad skip count");
   }
-  skipped_inputs_.resize(skipped_size);
-  for (int64_t i = 0; i < skipped_size; ++i) {
-    SkippedInput& skipped = skipped_inputs_[i];
-    const std::string key = absl::StrCat("skipped.", i);
-    TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".source"), &skipped.source));
-    TF_RETURN_IF_ERROR(in.String(absl::StrCat(key, ".label"), &skipped.label));
-    TF_RETURN_IF_ERROR(
-        in.Int(absl::StrCat(key, ".element_index"), &skipped.element_index));
-    TF_RETURN_IF_ERROR(in.String(absl::StrCat(key, ".error"), &skipped.error));
+  if (static_cast<int64_t>(record.live.size()) > num_seats_) {
+    return absl::DataLossError(absl::StrCat(
+        "tf_interleave checkpoint holds ", record.live.size(),
+        " open sources for ", num_seats_, " seats"));
   }
+  TF_RETURN_IF_ERROR(callbacks_.restore_iterator(ctx, reader, input));
+  skipped_inputs_ = std::move(record.skipped);
 
   // Nested iterators are remade with the pool's cancellation manager, like
   // the ones the seats open.
@@ -1287,56 +1253,35 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
   params.cancellation_manager = cancellation_manager_.get();
   params.symbolic_checkpoint = false;
   IteratorContext nested_ctx(std::move(params));
-  int64_t live_size;
-  TF_RETURN_IF_ERROR(in.Int("live.size", &live_size));
-  if (live_size < 0 || live_size > num_seats_) {
-    return absl::DataLossError(absl::StrCat(
-        "tf_interleave checkpoint holds ", live_size, " open sources for ",
-        num_seats_, " seats"));
-  }
-  for (int64_t i = 0; i < live_size; ++i) {
-    const std::string key = absl::StrCat("live.", i);
+  for (SourceRecord& saved : record.live) {
     seats_.push_back(std::make_unique<Seat>());
     Seat* seat = seats_.back().get();
-    TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".source"), &seat->source));
-    TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".retries"), &seat->retries));
-    TF_RETURN_IF_ERROR(
-        in.Tensors(absl::StrCat(key, ".input"), &seat->input_element));
+    seat->source = saved.source;
+    seat->retries = saved.retries;
+    seat->input_element = std::move(saved.input_element);
     seat->label = LabelOf(seat->input_element, seat->source);
-    TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".skipped"), &value));
-    seat->skipped = value != 0;
-    std::deque<BufferedElement> skip_error;
-    TF_RETURN_IF_ERROR(
-        in.Elements(absl::StrCat(key, ".skip_error"), &skip_error));
-    if (!skip_error.empty()) seat->skip_error = skip_error.front().status;
-    if (symbolic != 0) {
-      TF_RETURN_IF_ERROR(
-          in.Int(absl::StrCat(key, ".delivered"), &seat->delivered));
-      seat->produced = seat->delivered;
-      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".stop_at"), &seat->stop_at));
-      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".input_failed"), &value));
-      const bool input_failed = value != 0;
-      TF_RETURN_IF_ERROR(
-          in.Elements(absl::StrCat(key, ".input_error"), &seat->buffer));
+    seat->skipped = saved.skipped;
+    seat->skip_error = saved.skip_error;
+    if (record.symbolic) {
+      seat->delivered = seat->produced = saved.delivered;
+      seat->stop_at = saved.stop_at;
+      if (!saved.input_error.ok()) {
+        seat->buffer.push_back(BufferedElement{saved.input_error, {}, 0});
+      }
       seat->source_ended =
           (seat->skipped && seat->delivered >= seat->stop_at) ||
-          (input_failed && seat->buffer.empty());
-      seat->needs_open = !seat->source_ended && !input_failed;
+          (saved.input_failed && seat->buffer.empty());
+      seat->needs_open = !seat->source_ended && !saved.input_failed;
     } else {
-      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".ended"), &value));
-      seat->source_ended = value != 0;
-      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".needs_open"), &value));
-      seat->needs_open = value != 0;
-      TF_RETURN_IF_ERROR(
-          in.Int(absl::StrCat(key, ".produced"), &seat->produced));
-      TF_RETURN_IF_ERROR(
-          in.Elements(absl::StrCat(key, ".buffer"), &seat->buffer));
+      seat->source_ended = saved.ended;
+      seat->needs_open = saved.needs_open;
+      seat->produced = saved.produced;
+      seat->buffer = std::move(saved.buffer);
       for (const BufferedElement& element : seat->buffer) {
         seat->buffered_bytes += element.bytes;
         buffered_bytes_ += element.bytes;
       }
-      TF_RETURN_IF_ERROR(in.Int(absl::StrCat(key, ".open"), &value));
-      if (value != 0) {
+      if (saved.open) {
         TF_RETURN_IF_ERROR(callbacks_.open_source(
             &nested_ctx, seat->input_element, seat->source, &seat->iterator));
         TF_RETURN_IF_ERROR(

@@ -64,6 +64,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "cc/kernels/buffered_element.h"
+#include "cc/kernels/checkpoint_io.h"
 #include "cc/kernels/interleave_scheduler.h"
 #include "cc/kernels/interleave_stats.h"
 #include "cc/kernels/source_pace.h"
@@ -358,6 +359,9 @@ class SourcePool : public StatsSource {
                           const std::unique_ptr<tensorflow::data::IteratorBase>&
                               input) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   InputStats StatsOf(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a checkpoint holds of the seat's source.
+  SourceRecord RecordOf(const Seat& seat, bool symbolic) const
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SourcePoolOptions options_;
   const SourcePoolCallbacks callbacks_;
