@@ -191,19 +191,20 @@ void SourcePool::WakeWorker(bool parallel) {
     WakeIdleWorker();
   } else if (static_cast<int64_t>(workers_.size()) < num_seats_) {
     ++workers_starting_;
+    const int64_t rank = workers_.size();
     workers_.push_back(seat_ctx_->StartThread(
-        absl::StrCat("tf_interleave_worker_", workers_.size()),
-        [this]() { WorkerThread(); }));
+        absl::StrCat("tf_interleave_worker_", rank),
+        [this, rank]() { WorkerThread(rank); }));
   }
 }
 
 void SourcePool::WakeIdleWorker() {
-  // The most recently idle worker: the fewer threads take turns on the
-  // sources, the less memory their allocator keeps for each (a reader's
-  // buffer freed on one thread is reused only by the thread that made it),
-  // and the warmer their caches.
-  IdleWorker* worker = idle_workers_.back();
-  idle_workers_.pop_back();
+  // The first started idle worker: the same few threads take turns on the
+  // sources, so their allocator keeps less memory for each (a reader's
+  // buffer freed on one thread is reused only by the thread that made it)
+  // and their caches stay warm.
+  IdleWorker* worker = idle_workers_.front();
+  idle_workers_.erase(idle_workers_.begin());
   worker->woken = true;
   worker->counted = true;
   ++wakes_pending_;
@@ -226,7 +227,7 @@ void SourcePool::CallWatcher() {
   }
   // Not a wake-up for a task: the worker finds work queued and watches it.
   watch_called_ = true;
-  idle_workers_.back()->cond_var.notify_one();
+  idle_workers_.front()->cond_var.notify_one();
 }
 
 void SourcePool::WakeForRemainingWork() { WakeWorker(/*parallel=*/true); }
@@ -260,7 +261,7 @@ SourcePool::Task SourcePool::NextTask() {
   return task;
 }
 
-void SourcePool::WorkerThread() {
+void SourcePool::WorkerThread(int64_t rank) {
   IteratorContext* ctx = seat_ctx_.get();
   callbacks_.record_start(ctx);
   {
@@ -315,7 +316,7 @@ void SourcePool::WorkerThread() {
         break;
       }
       callbacks_.record_stop(ctx);
-      WaitAsIdleWorker(l);
+      WaitAsIdleWorker(rank, l);
       callbacks_.record_start(ctx);
     }
   }
@@ -323,9 +324,15 @@ void SourcePool::WorkerThread() {
   callbacks_.record_stop(ctx);
 }
 
-void SourcePool::WaitAsIdleWorker(mutex_lock& lock) {
+void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {
   IdleWorker self;
-  idle_workers_.push_back(&self);
+  self.rank = rank;
+  idle_workers_.insert(
+      std::upper_bound(idle_workers_.begin(), idle_workers_.end(), rank,
+                       [](int64_t value, const IdleWorker* worker) {
+                         return value < worker->rank;
+                       }),
+      &self);
   while (!self.woken) {
     const bool inline_recently =
         last_inline_nanos_ != 0 &&

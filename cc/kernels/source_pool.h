@@ -212,6 +212,7 @@ class SourcePool : public StatsSource {
   // A worker waiting for work, on its own condition variable so that the
   // pool chooses which one wakes (see `WakeIdleWorker`).
   struct IdleWorker {
+    int64_t rank = 0;  // The worker's start order: the lowest wakes first.
     tensorflow::condition_variable cond_var;
     bool woken = false;    // Taken off `idle_workers_` by a waker.
     bool counted = false;  // Woken for a task: counts in `wakes_pending_`.
@@ -238,7 +239,7 @@ class SourcePool : public StatsSource {
 
   absl::Status EnsureStarted(tensorflow::data::IteratorContext* ctx)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void WorkerThread() TF_LOCKS_EXCLUDED(mu_);
+  void WorkerThread(int64_t rank) TF_LOCKS_EXCLUDED(mu_);
   // Picks the next task and claims its seat; kNone when there is none.
   Task NextTask() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs a task's TensorFlow work, without `mu_`.
@@ -282,7 +283,7 @@ class SourcePool : public StatsSource {
   // for the tasks waiting. Work on a fast source (`parallel` false) needs no
   // worker of its own: if one is already on its way, it will do it.
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Wakes the most recently idle worker for a task.
+  // Wakes the first started idle worker for a task.
   void WakeIdleWorker() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes every idle worker (cancellation, the end of a pause, no work
   // left), without counting them as coming for a task.
@@ -291,7 +292,7 @@ class SourcePool : public StatsSource {
   // consumer's current inline call has lasted kInlineWatchNanos (then
   // `inline_stalled_` is set and the worker goes on to queued work) or the
   // consumer has been out of `GetNext` that long with work queued.
-  void WaitAsIdleWorker(tensorflow::mutex_lock& lock)
+  void WaitAsIdleWorker(int64_t rank, tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Tasks a worker could take now: queued seats and a pull of the input.
   int64_t TasksWaiting() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -377,8 +378,8 @@ class SourcePool : public StatsSource {
   std::deque<Seat*> work_queue_ TF_GUARDED_BY(mu_);
   bool input_busy_ TF_GUARDED_BY(mu_) = false;  // A worker pulls the input.
   std::vector<std::unique_ptr<tensorflow::Thread>> workers_ TF_GUARDED_BY(mu_);
-  // Idle workers, the most recently idle last; a worker leaves the list
-  // when it is woken.
+  // Idle workers in start order (see `WakeIdleWorker`); a worker leaves the
+  // list when it is woken.
   std::vector<IdleWorker*> idle_workers_ TF_GUARDED_BY(mu_);
   // Workers woken for a task that have not resumed yet, and started ones
   // that have not begun.
