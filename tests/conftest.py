@@ -4,7 +4,8 @@ Set ``TF_INTERLEAVE_TESTS_AGAINST_BUILTIN=1`` to run the suite against TensorFlo
 built-in ``tf.data.experimental.parallel_interleave`` instead: a way to check the
 tests themselves.  The built-in is expected to fail the cases where tf_interleave
 improves on it (``TypeError`` for a non-Dataset ``map_func``, values in argument
-error messages, the ``ParallelInterleaveDataset`` class).
+error messages, ``map_func`` named when it is not callable, the
+``ParallelInterleaveDataset`` class).
 """
 
 from __future__ import annotations

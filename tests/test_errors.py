@@ -111,6 +111,14 @@ def test_map_func_must_return_dataset(tfi: types.ModuleType, map_func: Callable,
     assert any(name in message for name in returned_names), message
 
 
+@pytest.mark.parametrize("map_func", ["files", None, 3], ids=["str", "None", "int"])
+def test_map_func_must_be_callable(tfi: types.ModuleType, map_func: object) -> None:
+    """The built-in's type (``ValueError``, at ``apply``), naming the argument and the value."""
+    transformation = tfi.parallel_interleave(map_func, cycle_length=2)
+    with pytest.raises(ValueError, match=rf"`map_func`.*{type(map_func).__name__}: {map_func!r}"):
+        tf.data.Dataset.range(3).apply(transformation)
+
+
 # --- Errors delivered at their position -------------------------------------------------------------------------
 
 def _text_nested(sizes: Sequence[int], bad: FrozenSet[Tuple[int, int]]) -> List[List[str]]:

@@ -61,6 +61,11 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
         memory_budget_bytes, stall_warning_seconds)
 
     self._input_dataset = input_dataset
+    if not callable(map_func):
+      # ValueError, as the built-in raises here, so existing handlers match.
+      raise ValueError(
+          "`map_func` must be a function that returns a `tf.data.Dataset`, "
+          f"got {type(map_func).__name__}: {map_func!r}.")
     self._map_func = structured_function.StructuredFunctionWrapper(
         map_func, self._transformation_name(), dataset=input_dataset)
     output_structure = self._map_func.output_structure

@@ -90,6 +90,8 @@ def parallel_interleave(
       message names the argument and the value.
     TypeError: If an argument has the wrong type, or `map_func` does not
       return a `Dataset` (raised when the transformation is applied).
+    ValueError: If `map_func` is not callable (raised when the
+      transformation is applied, like the built-in's).
   """
   # Checked now, so mistakes surface at the call site.
   _arguments.deterministic_attr(sloppy)
