@@ -20,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 import tf_interleave
-from pipelines import STRIDE, bounded, collect, nested_values, run_session_until_end
+from pipelines import STRIDE, Straggler, bounded, collect, nested_values, run_session_until_end
 from reference_model import interleave_order
 
 # More elements than it takes an input to count as cheap (and, for sloppy
@@ -48,8 +48,8 @@ def run(sloppy: bool, **options: Any) -> List[int]:
     return bounded(collect, dataset)
 
 
-@pytest.mark.parametrize("options", [{}, {"memory_budget_bytes": 64}, {"input_retries": 2}],
-                         ids=["default", "memory_budget", "retries"])
+@pytest.mark.parametrize("options", [{}, {"memory_budget_bytes": 64}, {"input_retries": 2}, {"produce_inline": False}],
+                         ids=["default", "memory_budget", "retries", "no_inline"])
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
 def test_inputs_that_block_at_their_end(sloppy: bool, options: dict) -> None:
     expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
@@ -73,6 +73,40 @@ def test_sloppy_input_that_blocks_after_a_long_cheap_run() -> None:
     dataset = tf.data.Dataset.range(6).apply(tf_interleave.parallel_interleave(map_func, 3, sloppy=True))
     values = bounded(collect, dataset)
     assert sorted(values) == sorted(v for vs in nested_values([per_input] * 6) for v in vs)
+
+
+def test_without_inline_production_a_sloppy_consumer_is_not_held_by_a_blocking_read() -> None:
+    """``produce_inline=False``: an input that blocks after a long cheap run holds no ready element.
+
+    Input 0 yields 300 cheap elements, then one that waits for a release; the other inputs never
+    block. With inline production the consumer would be reading input 0 itself when it blocks;
+    here every read is a worker's, so the consumer takes the other inputs' elements meanwhile.
+    """
+    per_input, held = 400, 300
+    straggler = Straggler()
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        # Only element `held` goes through a function: the others stay cheap enough to be read inline.
+        first = STRIDE * index
+        gated = tf.data.Dataset.range(first + held, first + held + 1).map(
+            lambda value: tf.cond(tf.equal(index, 0), lambda: straggler.gate(value, tf.constant(True)),
+                                  lambda: value))
+        return (tf.data.Dataset.range(first, first + held).concatenate(gated)
+                .concatenate(tf.data.Dataset.range(first + held + 1, first + per_input)))
+
+    inputs = 4
+    dataset = tf.data.Dataset.range(inputs).apply(
+        tf_interleave.parallel_interleave(map_func, 2, sloppy=True, produce_inline=False))
+    iterator = iter(dataset)
+    try:
+        # Everything but input 0 from its held element on: all of it must come while held.
+        before = [int(next(iterator)) for _ in range(inputs * per_input - (per_input - held))]
+        assert not straggler.timed_out, "the consumer waited for the held element"
+        assert held not in before
+    finally:
+        straggler.release()
+    after = [int(value) for value in iterator]
+    assert sorted(before + after) == sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
 
 
 def nested_with_pace(pace: str):

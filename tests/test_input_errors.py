@@ -216,6 +216,9 @@ BAD_VALUES = [
     (dict(input_retries=1.5), TypeError, ["input_retries", "1.5"]),
     (dict(input_retries="2"), TypeError, ["input_retries", "2"]),
     (dict(input_retries=False), TypeError, ["input_retries", "False"]),
+    (dict(produce_inline="no"), TypeError, ["produce_inline", "no"]),
+    (dict(produce_inline=None), TypeError, ["produce_inline", "None"]),
+    (dict(produce_inline=0), TypeError, ["produce_inline", "0"]),
 ]
 
 
@@ -249,6 +252,8 @@ def test_invalid_arguments_are_rejected(tfi: types.ModuleType, kwargs: Dict[str,
     dict(input_retries=None),
     dict(input_retries=3),
     dict(on_input_error="skip", max_skipped_inputs=5, input_retries=2),
+    dict(produce_inline=False),
+    dict(produce_inline=True),
 ], ids=repr)
 def test_valid_arguments_accepted_and_output_unchanged(tfi: types.ModuleType, kwargs: Dict[str, Any]) -> None:
     sizes = [3, 1, 4, 2]

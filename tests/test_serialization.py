@@ -117,6 +117,26 @@ def test_serialized_graph_holds_the_op_and_its_arguments(tfi: types.ModuleType, 
     assert OP_NAME.encode() in dataset._as_serialized_graph().numpy()  # pylint: disable=protected-access
 
 
+def test_serialized_graph_holds_the_extension_attributes() -> None:
+    """The keyword-only extensions survive serialization (tf.data service, rewrites), not just the defaults."""
+    import tf_interleave
+
+    dataset = sized_input(SIZES).apply(tf_interleave.parallel_interleave(
+        sized_map_func(SIZES), cycle_length=2, on_input_error="skip", max_skipped_inputs=3, input_retries=2,
+        memory_budget_bytes=4096, stall_warning_seconds=1.5, produce_inline=False))
+    node = _op_nodes(_graph_def(dataset))[0]
+    extensions = {"on_input_error", "max_skipped_inputs", "input_retries", "memory_budget_bytes",
+                  "stall_warning_seconds", "produce_inline"}
+    assert extensions <= set(node.attr), sorted(node.attr)
+    assert node.attr["on_input_error"].s.decode() == "skip"
+    assert node.attr["max_skipped_inputs"].i == 3
+    assert node.attr["input_retries"].i == 2
+    assert node.attr["memory_budget_bytes"].i == 4096
+    assert node.attr["stall_warning_seconds"].f == pytest.approx(1.5)
+    assert node.attr["produce_inline"].b is False
+    assert [int(value) for value in _from_graph(dataset)] == _expected(2, 1)
+
+
 @pytest.mark.parametrize("sloppy", [False, True, None], ids=["deterministic", "sloppy", "from_options"])
 @pytest.mark.parametrize("cycle_length, block_length, buffer, prefetch",
                          [(2, 2, None, None), (3, 1, 1, 0), (4, 3, 2, 1)], ids=["c2_b2", "c3_b1_o1_p0", "c4_b3_o2_p1"])

@@ -95,7 +95,8 @@ def check_seats(cycle_length: IntArgument,
 
 def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
                     input_retries: int, memory_budget_bytes: Optional[int],
-                    stall_warning_seconds: Optional[float]) -> Dict[str, Any]:
+                    stall_warning_seconds: Optional[float],
+                    produce_inline: bool = True) -> Dict[str, Any]:
   """Checks the keyword-only extensions and maps them to the op's attrs.
 
   Raises:
@@ -141,12 +142,16 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
     if not stall > 0 or not np.isfinite(stall):
       raise _invalid("`stall_warning_seconds` must be > 0, got "
                      f"{stall_warning_seconds!r}.")
+  if not isinstance(produce_inline, (bool, np.bool_)):
+    raise TypeError("`produce_inline` must be True or False, got "
+                    f"{type(produce_inline).__name__}: {produce_inline!r}.")
   return {
       "on_input_error": on_input_error,
       "max_skipped_inputs": max_skipped,
       "input_retries": retries,
       "memory_budget_bytes": budget,
       "stall_warning_seconds": stall,
+      "produce_inline": bool(produce_inline),
   }
 
 

@@ -43,7 +43,8 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
                max_skipped_inputs: Optional[int] = None,
                input_retries: int = 0,
                memory_budget_bytes: Optional[int] = None,
-               stall_warning_seconds: Optional[float] = None):
+               stall_warning_seconds: Optional[float] = None,
+               produce_inline: bool = True):
     if buffer_output_elements is None:
       buffer_output_elements = _arguments.doubled("block_length", block_length)
     if prefetch_input_elements is None:
@@ -58,7 +59,7 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
     self._deterministic = _arguments.deterministic_attr(sloppy)
     self._extension_attrs = _arguments.extension_attrs(
         on_input_error, max_skipped_inputs, input_retries,
-        memory_budget_bytes, stall_warning_seconds)
+        memory_budget_bytes, stall_warning_seconds, produce_inline)
 
     self._input_dataset = input_dataset
     if not callable(map_func):

@@ -21,6 +21,7 @@ def parallel_interleave(
     input_retries: int = 0,
     memory_budget_bytes: Optional[int] = None,
     stall_warning_seconds: Optional[float] = None,
+    produce_inline: bool = True,
 ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
   """A parallel version of `Dataset.interleave()`, for `Dataset.apply`.
 
@@ -79,6 +80,14 @@ def parallel_interleave(
       consumer is waiting on may always take one element. Default: none.
     stall_warning_seconds: (Keyword-only.) Log a warning naming the input
       when the consumer waits on one input longer than this. Default: never.
+    produce_inline: (Keyword-only.) Whether the thread calling `get_next`
+      may read an input's cheap elements itself instead of waiting for a
+      worker to hand them over (default `True`: fastest for local files and
+      in-memory data). A read it makes cannot be taken back, so an input
+      that blocks without warning after a long run of cheap elements holds
+      that thread for as long as it blocks, even in sloppy mode. Pass
+      `False` when inputs may stall that way (network file systems): every
+      read then happens on a worker, as in the legacy op.
 
   Returns:
     A function from `tf.data.Dataset` to `tf.data.Dataset`, for
@@ -97,7 +106,7 @@ def parallel_interleave(
   _arguments.deterministic_attr(sloppy)
   _arguments.extension_attrs(on_input_error, max_skipped_inputs,
                              input_retries, memory_budget_bytes,
-                             stall_warning_seconds)
+                             stall_warning_seconds, produce_inline)
 
   def _apply_fn(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return ParallelInterleaveDataset(
@@ -107,6 +116,7 @@ def parallel_interleave(
         max_skipped_inputs=max_skipped_inputs,
         input_retries=input_retries,
         memory_budget_bytes=memory_budget_bytes,
-        stall_warning_seconds=stall_warning_seconds)
+        stall_warning_seconds=stall_warning_seconds,
+        produce_inline=produce_inline)
 
   return _apply_fn

@@ -142,7 +142,7 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     b->BuildAttrValue(deterministic_.String(), &deterministic);
     AttrValue other_arguments_types_attr;
     b->BuildAttrValue(other_arguments_types, &other_arguments_types_attr);
-    AttrValue on_input_error, max_skipped, retries, budget, stall;
+    AttrValue on_input_error, max_skipped, retries, budget, stall, inline_attr;
     b->BuildAttrValue(std::string(arguments_.skip_input_errors ? "skip" : "raise"),
                       &on_input_error);
     b->BuildAttrValue(arguments_.max_skipped_inputs, &max_skipped);
@@ -150,6 +150,7 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
     b->BuildAttrValue(arguments_.memory_budget_bytes, &budget);
     b->BuildAttrValue(static_cast<float>(arguments_.stall_warning_seconds),
                       &stall);
+    b->BuildAttrValue(arguments_.produce_inline, &inline_attr);
     return b->AddDataset(this,
                          {{0, input_node},
                           {2, cycle_length_node},
@@ -164,7 +165,8 @@ class ParallelInterleaveDatasetOp::Dataset : public DatasetBase {
                           {kMaxSkippedInputs, max_skipped},
                           {kInputRetries, retries},
                           {kMemoryBudgetBytes, budget},
-                          {kStallWarningSeconds, stall}},
+                          {kStallWarningSeconds, stall},
+                          {kProduceInline, inline_attr}},
                          output);
   }
 
@@ -328,6 +330,8 @@ ParallelInterleaveDatasetOp::ParallelInterleaveDatasetOp(
                   "`stall_warning_seconds` must be >= 0 (0: never warn), got ",
                   stall_warning_seconds, ".")));
   extensions_.stall_warning_seconds = stall_warning_seconds;
+  OP_REQUIRES_OK(ctx,
+                 ctx->GetAttr(kProduceInline, &extensions_.produce_inline));
 }
 
 void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,

@@ -38,6 +38,7 @@ class ParallelInterleaveDatasetOp
   static constexpr const char* const kMemoryBudgetBytes = "memory_budget_bytes";
   static constexpr const char* const kStallWarningSeconds =
       "stall_warning_seconds";
+  static constexpr const char* const kProduceInline = "produce_inline";
 
   // One thread per seat: beyond this many the op refuses to start rather
   // than exhaust the process's threads.

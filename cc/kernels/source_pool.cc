@@ -990,7 +990,8 @@ bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
 bool SourcePool::ConsumerProduces(const Seat& seat) const {
   // With retries, a failed call would make the consumer sit out the retry
   // delay: workers take those sources.
-  return seat.pace.kind() == SourcePace::Kind::kInline &&
+  return options_.produce_inline &&
+         seat.pace.kind() == SourcePace::Kind::kInline &&
          options_.input_retries == 0 &&
          (!options_.sloppy ||
           (seat.pace.proven() && !slow_ends_.Expected(seat.produced) &&

@@ -95,6 +95,9 @@ struct SourcePoolOptions {
   int64_t memory_budget_bytes = 0;
   // Log a warning when the consumer waits this long on one input; 0: never.
   double stall_warning_seconds = 0;
+  // The consumer may produce cheap sources' elements itself (see
+  // source_pace.h); false leaves every call to workers.
+  bool produce_inline = true;
   // Names the iterator in stats.
   std::string name;
 };

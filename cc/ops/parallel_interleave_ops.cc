@@ -42,6 +42,7 @@ REGISTER_OP("TfInterleave>ParallelInterleaveDataset")
     .Attr("input_retries: int = 0")
     .Attr("memory_budget_bytes: int = 0")
     .Attr("stall_warning_seconds: float = 0")
+    .Attr("produce_inline: bool = true")
     .SetShapeFn(ParallelInterleaveShapeFn);
 
 }  // namespace tf_interleave
