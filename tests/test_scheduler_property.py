@@ -11,7 +11,8 @@ happens when, so every run is one interleaving of workers and consumer.
 Deterministic mode: every emission is checked, as it happens, against the next element
 of ``reference_model.interleave_order`` (whatever the timing, the order is the model's).
 Sloppy mode: the scheduler emits only ready sources, waits only when no source in the
-cycle is ready, and every element comes out once, in order within its source.
+cycle is ready, and every element comes out once, in order within its source, whatever
+costs the simulated pool reports for staged sources (which let stragglers in early).
 """
 
 from __future__ import annotations
@@ -194,9 +195,19 @@ class Simulation:
         assert copy.state() == state
         self.scheduler = copy
 
+    def staged_cost(self, source: int) -> int:
+        """A staged source's cost per element, as the pool's measurements would
+        give it: any value, and not the same from one call to the next."""
+        state = self.scheduler.state()
+        assert self.case.sloppy, "deterministic mode asked for a cost"
+        assert state["next_source"] <= source < self.opened and not self.released[source], \
+            f"asked for the cost of source {source}, which is not staged: {state}"
+        assert source not in state["cycle"], f"asked for the cost of source {source} in the cycle"
+        return self.tape.choose(100) if self.tape.choose(4) == 0 else 0
+
     def consult(self) -> Tuple[str, int]:
         skips_before = self.scheduler.state()["sloppy_skips"]
-        kind, source, released = self.scheduler.next(self.state_of)
+        kind, source, released = self.scheduler.next(self.state_of, self.staged_cost)
         self.decisions.append((kind, source))
         for gone in released:
             assert not self.released[gone], f"source {gone} released twice"
@@ -361,6 +372,8 @@ def test_restore_rejects_a_corrupted_state(binding, case: Case, tape: Tape, data
         "inputs_known": dict(good, inputs_known=-1),
         "slot value": dict(good, started=True, cycle=list(good["cycle"]) + [-7]),
         "cycle length": dict(good, started=True, cycle=[binding.EMPTY_SLOT] * (case.cycle_length + 1)),
+        "promoted at next_source": dict(good, promoted=[good["next_source"]]),
+        "negative promotions": dict(good, promotions=-1),
     }
     if good["cycle"]:
         corruptions["next_index"] = dict(good, next_index=len(good["cycle"]))

@@ -45,7 +45,8 @@ INT64_BYTES = 8
 
 TOP_LEVEL_KEYS = {
     "elements": int, "bytes": int, "buffered_elements": int, "buffered_bytes": int,
-    "memory_budget_bytes": int, "consumer_wait_seconds": float, "sloppy_skips": int, "retries": int,
+    "memory_budget_bytes": int, "consumer_wait_seconds": float, "sloppy_skips": int, "promoted_inputs": int,
+    "retries": int,
     "stall_warnings": int, "skipped_inputs": list, "inputs": list,
 }
 INPUT_KEYS = {

@@ -36,7 +36,8 @@ def stats() -> List[Dict[str, Any]]:
     `elements` and `bytes` delivered, `buffered_elements`/`buffered_bytes`
     and `memory_budget_bytes`, `consumer_wait_seconds` and `waiting_on` (the
     label of the input the consumer waits on now, or None), `sloppy_skips`,
-    `retries`, `stall_warnings`, `skipped_inputs` (input label, element index
+    `promoted_inputs` (sloppy mode: slow inputs that entered the cycle ahead
+    of faster ones staged before them), `retries`, `stall_warnings`, `skipped_inputs` (input label, element index
     and error of each skipped input), and `inputs`: per input (the open ones
     and the most recent finished ones) its `label` (the input element when
     it is a scalar string such as a file name, else `input #k`), `state`,

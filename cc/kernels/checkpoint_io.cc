@@ -122,7 +122,16 @@ absl::Status CheckpointWriter::Scheduler(
   TF_RETURN_IF_ERROR(
       Int(absl::StrCat(key, ".inputs_known"), state.inputs_known));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".input_ended"), state.input_ended));
-  return Int(absl::StrCat(key, ".sloppy_skips"), state.sloppy_skips);
+  TF_RETURN_IF_ERROR(
+      Int(absl::StrCat(key, ".sloppy_skips"), state.sloppy_skips));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".promotions"), state.promotions));
+  TF_RETURN_IF_ERROR(
+      Int(absl::StrCat(key, ".promoted.size"), state.promoted.size()));
+  for (size_t i = 0; i < state.promoted.size(); ++i) {
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".promoted.", i), state.promoted[i]));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CheckpointReader::Scheduler(absl::string_view key,
@@ -145,7 +154,24 @@ absl::Status CheckpointReader::Scheduler(absl::string_view key,
       Int(absl::StrCat(key, ".inputs_known"), &state->inputs_known));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".input_ended"), &value));
   state->input_ended = value != 0;
-  return Int(absl::StrCat(key, ".sloppy_skips"), &state->sloppy_skips);
+  TF_RETURN_IF_ERROR(
+      Int(absl::StrCat(key, ".sloppy_skips"), &state->sloppy_skips));
+  state->promotions = 0;
+  state->promoted.clear();
+  // Checkpoints written before sloppy promotion existed have none.
+  if (!reader_->Contains(name_, absl::StrCat(key, ".promoted.size"))) {
+    return absl::OkStatus();
+  }
+  TF_RETURN_IF_ERROR(
+      Int(absl::StrCat(key, ".promotions"), &state->promotions));
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".promoted.size"), &value));
+  TF_RETURN_IF_ERROR(CheckCount(key, value));
+  state->promoted.resize(value);
+  for (size_t i = 0; i < state->promoted.size(); ++i) {
+    TF_RETURN_IF_ERROR(
+        Int(absl::StrCat(key, ".promoted.", i), &state->promoted[i]));
+  }
+  return absl::OkStatus();
 }
 
 // An error kept apart from a buffer, as a list of zero or one element.

@@ -30,19 +30,58 @@ bool InterleaveScheduler::MaybeStart() {
   return true;
 }
 
-bool InterleaveScheduler::RefillSlot(int64_t index) {
+int64_t InterleaveScheduler::ChooseStaged(const CostFn& staged_cost) const {
+  const int64_t front = state_.next_source;
+  if (!sloppy_ || !staged_cost) return front;
+  const std::vector<int64_t>& promoted = state_.promoted;
+  int64_t chosen = front;
+  int64_t chosen_cost = staged_cost(front);
+  const int64_t bar = chosen_cost * kPromotionRatio;
+  auto skip = promoted.begin();
+  for (int64_t source = front + 1; source < state_.inputs_known; ++source) {
+    if (skip != promoted.end() && *skip == source) {
+      ++skip;
+      continue;
+    }
+    const int64_t cost = staged_cost(source);
+    // Strictly costlier than the bar and than any earlier candidate, so
+    // that equal costs keep the input order.
+    if (cost > bar && cost > chosen_cost) {
+      chosen = source;
+      chosen_cost = cost;
+    }
+  }
+  return chosen;
+}
+
+bool InterleaveScheduler::RefillSlot(int64_t index,
+                                     const CostFn& staged_cost) {
   if (state_.next_source < state_.inputs_known) {
-    state_.cycle[index] = state_.next_source++;
+    const int64_t source = ChooseStaged(staged_cost);
+    state_.cycle[index] = source;
+    std::vector<int64_t>& promoted = state_.promoted;
+    if (source != state_.next_source) {
+      promoted.insert(
+          std::upper_bound(promoted.begin(), promoted.end(), source), source);
+      ++state_.promotions;
+      return true;
+    }
+    // The front entered: the next front is the first source not promoted.
+    ++state_.next_source;
+    while (!promoted.empty() && promoted.front() == state_.next_source) {
+      promoted.erase(promoted.begin());
+      ++state_.next_source;
+    }
     return true;
   }
   if (state_.input_ended) state_.cycle[index] = kEmptySlot;
   return false;
 }
 
-void InterleaveScheduler::FillAwaitingSlots() {
+void InterleaveScheduler::FillAwaitingSlots(const CostFn& staged_cost) {
   for (int64_t index = 0; index < static_cast<int64_t>(state_.cycle.size());
        ++index) {
-    if (state_.cycle[index] == kAwaitingSlot) RefillSlot(index);
+    if (state_.cycle[index] == kAwaitingSlot) RefillSlot(index, staged_cost);
   }
 }
 
@@ -55,10 +94,11 @@ void InterleaveScheduler::AdvanceBlock(int64_t index) {
 }
 
 InterleaveScheduler::Decision InterleaveScheduler::Next(
-    const StateFn& source_state, std::vector<int64_t>* released) {
+    const StateFn& source_state, std::vector<int64_t>* released,
+    const CostFn& staged_cost) {
   using Kind = Decision::Kind;
   if (!MaybeStart()) return {Kind::kWaitForInput, -1};
-  if (sloppy_) FillAwaitingSlots();
+  if (sloppy_) FillAwaitingSlots(staged_cost);
   std::vector<int64_t>& cycle = state_.cycle;
   const int64_t length = cycle.size();
   while (true) {
@@ -86,7 +126,7 @@ InterleaveScheduler::Decision InterleaveScheduler::Next(
         released->push_back(slot);
         cycle[index] = kAwaitingSlot;
       }
-      if (RefillSlot(index)) {
+      if (RefillSlot(index, staged_cost)) {
         // A newly opened source joins at the end of the round.
         state_.next_index = (index + 1) % length;
         state_.block_count = 0;
@@ -118,8 +158,20 @@ std::vector<int64_t> InterleaveScheduler::LiveSources() const {
 std::string InterleaveScheduler::Restore(const State& state) {
   const int64_t length = state.cycle.size();
   if (state.inputs_known < 0 || state.next_source < 0 ||
-      state.next_source > state.inputs_known || state.sloppy_skips < 0) {
+      state.next_source > state.inputs_known || state.sloppy_skips < 0 ||
+      state.promotions < 0) {
     return "counters out of range";
+  }
+  const std::vector<int64_t>& promoted = state.promoted;
+  for (size_t i = 0; i < promoted.size(); ++i) {
+    if (promoted[i] <= state.next_source ||
+        promoted[i] >= state.inputs_known ||
+        (i > 0 && promoted[i] <= promoted[i - 1])) {
+      return "promoted sources out of order or range";
+    }
+  }
+  if (!promoted.empty() && !sloppy_) {
+    return "deterministic state with promoted sources";
   }
   if (state.block_count < 0 || state.block_count >= block_length_) {
     return "block count " + std::to_string(state.block_count) +
@@ -129,7 +181,7 @@ std::string InterleaveScheduler::Restore(const State& state) {
       state.input_ended && state.next_source == state.inputs_known;
   if (!state.started) {
     if (length != 0 || state.next_source != 0 || state.next_index != 0 ||
-        state.block_count != 0) {
+        state.block_count != 0 || !promoted.empty()) {
       return "scheduler state set before it started";
     }
     state_ = state;
@@ -159,7 +211,10 @@ std::string InterleaveScheduler::Restore(const State& state) {
   std::set<int64_t> seen;
   for (int64_t slot : state.cycle) {
     if (slot >= 0) {
-      if (slot >= state.next_source || !seen.insert(slot).second) {
+      const bool staged_early =
+          std::binary_search(promoted.begin(), promoted.end(), slot);
+      if ((slot >= state.next_source && !staged_early) ||
+          !seen.insert(slot).second) {
         return "slot holds an unknown or repeated source";
       }
     } else if (slot == kEmptySlot) {

@@ -6,13 +6,22 @@
 // Sources are named by their input position: the nested dataset made from the
 // k-th input element is source k. Input elements are opened strictly in input
 // order, so "move the front of the staging queue into the slot" of the legacy
-// op is "put source `next_source_` into the slot"; staging itself is the range
-// [next_source_, inputs_known_).
+// op is "put source `next_source` into the slot"; staging itself is the range
+// [next_source, inputs_known) less the sources in `promoted`.
+//
+// Sloppy mode may let a staged source into the cycle ahead of its turn: when
+// the caller says it is much costlier per element than the front of staging
+// (a straggler), it enters first, since the slowest inputs decide when a
+// finite pipeline ends and waiting in staging only delays them.
 //
 // Invariants:
-//  1. Every slot of `cycle_` is a source id, kEmptySlot or kAwaitingSlot; a
-//     source id appears in at most one slot, and sources enter slots in
-//     increasing order (next_source_ only grows).
+//  1. Every slot of `cycle` is a source id, kEmptySlot or kAwaitingSlot; a
+//     source id appears in at most one slot. In deterministic mode sources
+//     enter slots in increasing order; in sloppy mode the ones that entered
+//     ahead of their turn are listed in `promoted` (sorted, all above
+//     `next_source`) until `next_source` passes them, and every source in
+//     a slot is below `next_source` or listed there. next_source only
+//     grows.
 //  2. A slot is kEmptySlot only once the input is known to have ended with no
 //     source left to open; it never becomes live again.
 //  3. In deterministic mode the decision depends only on the sequence of
@@ -64,9 +73,19 @@ class InterleaveScheduler {
     int64_t inputs_known = 0;
     bool input_ended = false;
     int64_t sloppy_skips = 0;
+    // Sloppy: sources that entered the cycle ahead of `next_source` (and
+    // may have left it since), skipped when staging's front reaches them.
+    std::vector<int64_t> promoted;
+    int64_t promotions = 0;  // Staged sources that ever entered early.
   };
 
   using StateFn = std::function<SourceState(int64_t source)>;
+  // A staged source's known cost per element, in any unit; 0 when unknown
+  // or too small to matter.
+  using CostFn = std::function<int64_t(int64_t source)>;
+  // Sloppy: a staged source enters the cycle ahead of the front of staging
+  // when it costs more than this many times as much per element.
+  static constexpr int64_t kPromotionRatio = 4;
 
   // Requires cycle_length > 0 and block_length > 0.
   InterleaveScheduler(int64_t cycle_length, int64_t block_length, bool sloppy);
@@ -79,8 +98,10 @@ class InterleaveScheduler {
   // Decides what the consumer does next. `source_state` is asked about live
   // sources only. Sources found finished are removed from the cycle and
   // appended to `released`: the caller may drop them and reuse their
-  // resources.
-  Decision Next(const StateFn& source_state, std::vector<int64_t>* released);
+  // resources. In sloppy mode `staged_cost`, when given, is asked about
+  // staged sources when a slot is refilled (see the class comment).
+  Decision Next(const StateFn& source_state, std::vector<int64_t>* released,
+                const CostFn& staged_cost = nullptr);
 
   const State& state() const { return state_; }
   // Replaces the whole state (restoring a checkpoint). Returns an empty
@@ -100,10 +121,13 @@ class InterleaveScheduler {
   // the caller must wait for the input.
   bool MaybeStart();
   // Sloppy mode: assigns known sources to awaiting slots, in slot order.
-  void FillAwaitingSlots();
-  // Moves `next_source` into slot `index` if one is known; empties the slot
-  // when the input has ended. Returns true when a source was placed.
-  bool RefillSlot(int64_t index);
+  void FillAwaitingSlots(const CostFn& staged_cost);
+  // Moves the next staged source into slot `index` if one is known (the
+  // front of staging, or in sloppy mode a much costlier one); empties the
+  // slot when the input has ended. Returns true when a source was placed.
+  bool RefillSlot(int64_t index, const CostFn& staged_cost);
+  // Sloppy: the staged source to enter the cycle next.
+  int64_t ChooseStaged(const CostFn& staged_cost) const;
   void AdvanceBlock(int64_t index);
 
   const int64_t cycle_length_;

@@ -53,6 +53,8 @@ struct IteratorStats {
   double consumer_wait_seconds = 0;
   std::string waiting_on;  // Label of the input the consumer waits on now.
   int64_t sloppy_skips = 0;
+  // Sloppy: slow inputs that entered the cycle ahead of their turn.
+  int64_t promoted_inputs = 0;
   int64_t retries = 0;
   int64_t stall_warnings = 0;
   std::vector<InputStats> inputs;

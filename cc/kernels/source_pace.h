@@ -10,6 +10,7 @@
 #ifndef TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_
 #define TF_INTERLEAVE_CC_KERNELS_SOURCE_PACE_H_
 
+#include <algorithm>
 #include <cstdint>
 
 namespace tf_interleave {
@@ -45,6 +46,7 @@ class SourcePace {
   // took `nanos`. The first call after opening is not counted in the
   // average: it usually pays for the open (file handles, first reads).
   void Record(int64_t nanos) {
+    running_since_nanos_ = 0;
     ++calls_;
     last_nanos_ = nanos;
     if (calls_ == 1) return;
@@ -54,8 +56,25 @@ class SourcePace {
         calls_ == 2 ? nanos : average_nanos_ + (nanos - average_nanos_) / 4;
   }
 
+  // A call to the source's iterator starts at `now_nanos` (a clock reading);
+  // `Record` ends it.
+  void CallStarted(int64_t now_nanos) { running_since_nanos_ = now_nanos; }
+
   // A new or reopened source: nothing is known about it.
   void Reset() { *this = SourcePace(); }
+
+  // What an element of the source costs as far as its calls tell, for
+  // telling stragglers apart: the average, or the call under way if that
+  // has run longer. The first call is left out (it may pay for the open);
+  // 0 when nothing says that the source blocks (no call over kStallNanos).
+  int64_t StragglerCostNanos(int64_t now_nanos) const {
+    if (calls_ == 0) return 0;
+    int64_t cost = calls_ >= 2 ? average_nanos_ : 0;
+    if (running_since_nanos_ > 0) {
+      cost = std::max(cost, now_nanos - running_since_nanos_);
+    }
+    return cost > kStallNanos ? cost : 0;
+  }
 
   Kind kind() const {
     if (calls_ == 0 || blocks()) return Kind::kSlow;
@@ -75,6 +94,7 @@ class SourcePace {
   int64_t last_nanos_ = 0;
   int64_t average_nanos_ = 0;
   int64_t stalls_ = 0;
+  int64_t running_since_nanos_ = 0;  // 0: no call under way.
 };
 
 // Where the sources of one interleave block at their end. Many inputs pay

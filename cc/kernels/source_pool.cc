@@ -252,6 +252,9 @@ SourcePool::Task SourcePool::NextTask() {
       if (!HasWork(*seat)) continue;
       task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       task.seat = seat;
+      if (task.kind == TaskKind::kProduce) {
+        seat->pace.CallStarted(EnvTime::NowNanos());
+      }
       break;
     }
     if (task.kind == TaskKind::kNone) return task;
@@ -290,6 +293,7 @@ void SourcePool::WorkerThread(int64_t rank) {
         task.kind = TaskKind::kProduce;
         task.seat = follow_up;
         follow_up->claimed = true;
+        follow_up->pace.CallStarted(EnvTime::NowNanos());
         ++active_calls_;
         continue;
       }
@@ -917,6 +921,14 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
         return StateOf(source);
       };
+  // Sloppy: stragglers waiting in staging enter the cycle first.
+  InterleaveScheduler::CostFn staged_cost;
+  if (options_.sloppy) {
+    staged_cost = [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
+      return seat_of_source_.at(source)->pace.StragglerCostNanos(
+          EnvTime::NowNanos());
+    };
+  }
   if (!stashed_.empty()) {
     BufferedElement element = std::move(stashed_.back());
     stashed_.pop_back();
@@ -930,7 +942,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
     }
     released_.clear();
     const InterleaveScheduler::Decision decision =
-        scheduler_.Next(state_of, &released_);
+        scheduler_.Next(state_of, &released_, staged_cost);
     absl::Status skip_status;
     for (int64_t source : released_) {
       const absl::Status status = ReleaseSource(source);
@@ -1064,6 +1076,7 @@ IteratorStats SourcePool::Stats() const {
   stats.consumer_wait_seconds = consumer_wait_nanos_ * 1e-9;
   stats.waiting_on = WaitTargetLabel(wait_reason_, wait_reason_source_);
   stats.sloppy_skips = scheduler_.state().sloppy_skips;
+  stats.promoted_inputs = scheduler_.state().promotions;
   stats.retries = retries_;
   stats.stall_warnings = stall_warnings_;
   stats.skipped_inputs = skipped_inputs_;
@@ -1302,10 +1315,14 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
           "tf_interleave checkpoint holds an invalid source");
     }
   }
-  // Every source the scheduler may ask about must be held by a seat.
+  // Every source the scheduler may ask about must be held by a seat: the
+  // staged ones (not those that entered the cycle early, which may have
+  // ended since) and the cycle's.
   for (int64_t source = state.next_source; source < state.inputs_known;
        ++source) {
-    if (!seat_of_source_.contains(source)) {
+    if (!seat_of_source_.contains(source) &&
+        !std::binary_search(state.promoted.begin(), state.promoted.end(),
+                            source)) {
       return absl::DataLossError(
           "tf_interleave checkpoint lacks a staged source");
     }

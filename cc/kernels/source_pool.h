@@ -27,9 +27,13 @@
 //    may find an end, once ends or opens have blocked: see `SlowEnds`). If the
 //    consumer has been out of `GetNext` that long, the watcher fills the
 //    buffers in its absence.
-//  - An idle worker is woken on its own condition variable, the most
-//    recently idle one first, so that few threads take turns on the sources
-//    (warmer caches, and less memory kept by per-thread malloc arenas).
+//  - An idle worker is woken on its own condition variable, the first
+//    started one first, so that the same few threads take turns on the
+//    sources (warmer caches, and less memory kept by per-thread malloc
+//    arenas).
+//  - In sloppy mode the consumer tells the scheduler what each staged
+//    source costs per element (`SourcePace::StragglerCostNanos`), so that a
+//    straggler waiting in staging enters the cycle ahead of faster sources.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a

@@ -59,6 +59,8 @@ py::dict StateToDict(const State& state) {
   d["inputs_known"] = state.inputs_known;
   d["input_ended"] = state.input_ended;
   d["sloppy_skips"] = state.sloppy_skips;
+  d["promoted"] = state.promoted;
+  d["promotions"] = state.promotions;
   return d;
 }
 
@@ -77,6 +79,8 @@ State StateFromDict(const py::dict& d) {
   state.inputs_known = py::cast<int64_t>(get("inputs_known"));
   state.input_ended = py::cast<bool>(get("input_ended"));
   state.sloppy_skips = py::cast<int64_t>(get("sloppy_skips"));
+  state.promoted = py::cast<std::vector<int64_t>>(get("promoted"));
+  state.promotions = py::cast<int64_t>(get("promotions"));
   return state;
 }
 
@@ -110,18 +114,26 @@ PYBIND11_MODULE(scheduler_binding, m) {
       .def("on_input_ended", &InterleaveScheduler::OnInputEnded)
       .def(
           "next",
-          [](InterleaveScheduler& scheduler, const py::function& state_fn) {
+          [](InterleaveScheduler& scheduler, const py::function& state_fn,
+             const py::object& cost_fn) {
             std::vector<int64_t> released;
+            InterleaveScheduler::CostFn staged_cost;
+            if (!cost_fn.is_none()) {
+              staged_cost = [&cost_fn](int64_t source) {
+                return py::cast<int64_t>(cost_fn(source));
+              };
+            }
             const InterleaveScheduler::Decision decision = scheduler.Next(
                 [&state_fn](int64_t source) {
                   return ParseSourceState(state_fn(source));
                 },
-                &released);
+                &released, staged_cost);
             return py::make_tuple(KindName(decision.kind), decision.source,
                                   released);
           },
-          py::arg("state_fn"),
-          "Returns (kind, source, released sources).")
+          py::arg("state_fn"), py::arg("cost_fn") = py::none(),
+          "Returns (kind, source, released sources). `cost_fn(source)` "
+          "gives a staged source's cost (sloppy mode).")
       .def("state",
            [](const InterleaveScheduler& scheduler) {
              return StateToDict(scheduler.state());

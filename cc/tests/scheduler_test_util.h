@@ -47,7 +47,8 @@ inline bool SameState(const InterleaveScheduler::State& a,
   return a.started == b.started && a.cycle == b.cycle &&
          a.next_index == b.next_index && a.block_count == b.block_count &&
          a.next_source == b.next_source && a.inputs_known == b.inputs_known &&
-         a.input_ended == b.input_ended && a.sloppy_skips == b.sloppy_skips;
+         a.input_ended == b.input_ended && a.sloppy_skips == b.sloppy_skips &&
+         a.promoted == b.promoted && a.promotions == b.promotions;
 }
 
 inline std::ostream& operator<<(std::ostream& out,
@@ -56,12 +57,15 @@ inline std::ostream& operator<<(std::ostream& out,
   for (size_t i = 0; i < s.cycle.size(); ++i) {
     out << (i ? "," : "") << s.cycle[i];
   }
-  return out << "] next_index=" << s.next_index
-             << " block_count=" << s.block_count
-             << " next_source=" << s.next_source
-             << " inputs_known=" << s.inputs_known
-             << " input_ended=" << s.input_ended
-             << " sloppy_skips=" << s.sloppy_skips << "}";
+  out << "] next_index=" << s.next_index << " block_count=" << s.block_count
+      << " next_source=" << s.next_source
+      << " inputs_known=" << s.inputs_known
+      << " input_ended=" << s.input_ended
+      << " sloppy_skips=" << s.sloppy_skips << " promoted=[";
+  for (size_t i = 0; i < s.promoted.size(); ++i) {
+    out << (i ? "," : "") << s.promoted[i];
+  }
+  return out << "] promotions=" << s.promotions << "}";
 }
 
 // The deterministic order as the sequence of emitting sources, computed

@@ -23,6 +23,34 @@ TEST(UnmeasuredSourceIsSlow) {
   CHECK(!pace.blocks());
 }
 
+TEST(StragglerCostLeavesOutTheOpenAndCheapSources) {
+  constexpr int64_t kMillis = 1000 * kMicros;
+  constexpr int64_t kNow = 1000 * kMillis;
+  SourcePace pace;
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 0);
+  // The first call, under way or done, may be the open: it says nothing.
+  pace.CallStarted(kNow - 30 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 0);
+  pace.Record(30 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 0);
+  // A second call that has run for 5 ms already costs that much.
+  pace.CallStarted(kNow - 5 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 5 * kMillis);
+  pace.Record(20 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 20 * kMillis);
+  // A call under way counts once it has run longer than the average.
+  pace.CallStarted(kNow - 2 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 20 * kMillis);
+  pace.CallStarted(kNow - 45 * kMillis);
+  CHECK_EQ(pace.StragglerCostNanos(kNow), 45 * kMillis);
+  // Sources that do not block are no stragglers, whatever their cost.
+  SourcePace cheap;
+  RecordMany(&cheap, 10, 900 * kMicros);
+  CHECK_EQ(cheap.StragglerCostNanos(kNow), 0);
+  cheap.Reset();
+  CHECK_EQ(cheap.StragglerCostNanos(kNow), 0);
+}
+
 TEST(FirstCallIsNotAveraged) {
   // A 50 ms open followed by cheap elements: inline from the second call.
   SourcePace pace;
