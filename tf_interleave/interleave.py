@@ -44,8 +44,10 @@ def parallel_interleave(
   ```
 
   With `sloppy=True` a dataset with no element ready is skipped instead of
-  waited for, so one slow file does not hold the others back; the elements
-  are the same, their order is not fixed.
+  waited for, so one slow file does not hold the others back, and a clearly
+  slower dataset among those opened ahead joins the cycle before faster ones
+  (the slowest files decide when a pass ends); the elements are the same,
+  their order is not fixed.
 
   Args:
     map_func: A function mapping an input element (any nested structure of

@@ -28,6 +28,27 @@ absl::Status CheckpointReader::Int(absl::string_view key, int64_t* value) {
   return reader_->ReadScalar(name_, key, value);
 }
 
+absl::Status CheckpointWriter::IntList(absl::string_view key,
+                                       const std::vector<int64_t>& values) {
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".size"), values.size()));
+  for (size_t i = 0; i < values.size(); ++i) {
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".", i), values[i]));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointReader::IntList(absl::string_view key,
+                                       std::vector<int64_t>* values) {
+  int64_t size;
+  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".size"), &size));
+  TF_RETURN_IF_ERROR(CheckCount(key, size));
+  values->resize(size);
+  for (int64_t i = 0; i < size; ++i) {
+    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".", i), &(*values)[i]));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointWriter::String(absl::string_view key,
                                       const std::string& value) {
   return writer_->WriteScalar(name_, key, tensorflow::tstring(value));
@@ -112,10 +133,7 @@ absl::Status CheckpointReader::Elements(absl::string_view key,
 absl::Status CheckpointWriter::Scheduler(
     absl::string_view key, const InterleaveScheduler::State& state) {
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".started"), state.started));
-  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".cycle.size"), state.cycle.size()));
-  for (size_t i = 0; i < state.cycle.size(); ++i) {
-    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".cycle.", i), state.cycle[i]));
-  }
+  TF_RETURN_IF_ERROR(IntList(absl::StrCat(key, ".cycle"), state.cycle));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".next_index"), state.next_index));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".block_count"), state.block_count));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".next_source"), state.next_source));
@@ -125,13 +143,7 @@ absl::Status CheckpointWriter::Scheduler(
   TF_RETURN_IF_ERROR(
       Int(absl::StrCat(key, ".sloppy_skips"), state.sloppy_skips));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".promotions"), state.promotions));
-  TF_RETURN_IF_ERROR(
-      Int(absl::StrCat(key, ".promoted.size"), state.promoted.size()));
-  for (size_t i = 0; i < state.promoted.size(); ++i) {
-    TF_RETURN_IF_ERROR(
-        Int(absl::StrCat(key, ".promoted.", i), state.promoted[i]));
-  }
-  return absl::OkStatus();
+  return IntList(absl::StrCat(key, ".promoted"), state.promoted);
 }
 
 absl::Status CheckpointReader::Scheduler(absl::string_view key,
@@ -139,12 +151,7 @@ absl::Status CheckpointReader::Scheduler(absl::string_view key,
   int64_t value;
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".started"), &value));
   state->started = value != 0;
-  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".cycle.size"), &value));
-  TF_RETURN_IF_ERROR(CheckCount(key, value));
-  state->cycle.resize(value);
-  for (size_t i = 0; i < state->cycle.size(); ++i) {
-    TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".cycle.", i), &state->cycle[i]));
-  }
+  TF_RETURN_IF_ERROR(IntList(absl::StrCat(key, ".cycle"), &state->cycle));
   TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".next_index"), &state->next_index));
   TF_RETURN_IF_ERROR(
       Int(absl::StrCat(key, ".block_count"), &state->block_count));
@@ -156,22 +163,9 @@ absl::Status CheckpointReader::Scheduler(absl::string_view key,
   state->input_ended = value != 0;
   TF_RETURN_IF_ERROR(
       Int(absl::StrCat(key, ".sloppy_skips"), &state->sloppy_skips));
-  state->promotions = 0;
-  state->promoted.clear();
-  // Checkpoints written before sloppy promotion existed have none.
-  if (!reader_->Contains(name_, absl::StrCat(key, ".promoted.size"))) {
-    return absl::OkStatus();
-  }
   TF_RETURN_IF_ERROR(
       Int(absl::StrCat(key, ".promotions"), &state->promotions));
-  TF_RETURN_IF_ERROR(Int(absl::StrCat(key, ".promoted.size"), &value));
-  TF_RETURN_IF_ERROR(CheckCount(key, value));
-  state->promoted.resize(value);
-  for (size_t i = 0; i < state->promoted.size(); ++i) {
-    TF_RETURN_IF_ERROR(
-        Int(absl::StrCat(key, ".promoted.", i), &state->promoted[i]));
-  }
-  return absl::OkStatus();
+  return IntList(absl::StrCat(key, ".promoted"), &state->promoted);
 }
 
 // An error kept apart from a buffer, as a list of zero or one element.

@@ -63,6 +63,8 @@ class CheckpointWriter {
       : writer_(writer), name_(std::move(name)) {}
 
   absl::Status Int(absl::string_view key, int64_t value);
+  absl::Status IntList(absl::string_view key,
+                       const std::vector<int64_t>& values);
   absl::Status String(absl::string_view key, const std::string& value);
   absl::Status Tensors(absl::string_view key,
                        const std::vector<tensorflow::Tensor>& tensors);
@@ -89,6 +91,7 @@ class CheckpointReader {
       : ctx_(ctx), reader_(reader), name_(std::move(name)) {}
 
   absl::Status Int(absl::string_view key, int64_t* value);
+  absl::Status IntList(absl::string_view key, std::vector<int64_t>* values);
   absl::Status String(absl::string_view key, std::string* value);
   absl::Status Tensors(absl::string_view key,
                        std::vector<tensorflow::Tensor>* tensors);
