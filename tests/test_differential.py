@@ -32,7 +32,16 @@ EDGE_CASES = [
     Case(sizes=(6, 6, 6, 6, 6, 6), cycle_length=3, block_length=4, prefetch_input_elements=0,
          buffer_output_elements=1, tensor_args=True),
 ]
-CASES = EDGE_CASES + random_cases(seed=20251124, count=int(os.environ.get("TF_INTERLEAVE_RANDOM_CASES", "300")))
+
+
+def _random_case_count() -> int:
+    text = os.environ.get("TF_INTERLEAVE_RANDOM_CASES", "300")
+    if not text.isdigit():
+        raise ValueError(f"TF_INTERLEAVE_RANDOM_CASES must be a whole number >= 0, not {text!r}")
+    return int(text)
+
+
+CASES = EDGE_CASES + random_cases(seed=20251124, count=_random_case_count())
 
 
 def _interleaved(tfi: types.ModuleType, case: Case, sloppy: bool) -> tf.data.Dataset:

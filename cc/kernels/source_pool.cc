@@ -252,9 +252,7 @@ SourcePool::Task SourcePool::NextTask() {
       if (!HasWork(*seat)) continue;
       task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       task.seat = seat;
-      if (task.kind == TaskKind::kProduce) {
-        seat->pace.CallStarted(EnvTime::NowNanos());
-      }
+      if (task.kind == TaskKind::kProduce) NoteCallStart(seat);
       break;
     }
     if (task.kind == TaskKind::kNone) return task;
@@ -293,7 +291,7 @@ void SourcePool::WorkerThread(int64_t rank) {
         task.kind = TaskKind::kProduce;
         task.seat = follow_up;
         follow_up->claimed = true;
-        follow_up->pace.CallStarted(EnvTime::NowNanos());
+        NoteCallStart(follow_up);
         ++active_calls_;
         continue;
       }
@@ -326,6 +324,12 @@ void SourcePool::WorkerThread(int64_t rank) {
   }
   dropped.reset();
   callbacks_.record_stop(ctx);
+}
+
+void SourcePool::NoteCallStart(Seat* seat) {
+  // Only sloppy mode asks what a staged source's call under way costs; a
+  // deterministic pool saves the clock reading.
+  if (options_.sloppy) seat->pace.CallStarted(EnvTime::NowNanos());
 }
 
 void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {

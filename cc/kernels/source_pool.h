@@ -249,6 +249,9 @@ class SourcePool : public StatsSource {
   void WorkerThread(int64_t rank) TF_LOCKS_EXCLUDED(mu_);
   // Picks the next task and claims its seat; kNone when there is none.
   Task NextTask() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A worker is about to call the seat's nested iterator (see
+  // `SourcePace::StragglerCostNanos`).
+  void NoteCallStart(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs a task's TensorFlow work, without `mu_`.
   void RunTask(Task* task) TF_LOCKS_EXCLUDED(mu_);
   // Applies a task's result to its seat and releases the claim. A dropped
