@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Dict, List, Optional
 
 # Contenders: name -> (implementation, sloppy). "legacy (noise floor)" is the
@@ -115,6 +116,10 @@ _FULL = [
     Workload("slow_open", "map_func's dataset is slow to yield its first "
              "element (remote file open)", cycle_length=4, block_length=1,
              inputs=64, per_input=256, batch_size=256, open_us=50000),
+    Workload("slow_map_func", "map_func itself waits in Python before "
+             "returning its dataset (a remote open through a Python client)",
+             cycle_length=4, block_length=1, inputs=64, per_input=256,
+             batch_size=256, open_us=50000),
 ]
 
 # More inputs than `cycle_length + prefetch_input_elements`, so that finished
@@ -125,6 +130,7 @@ _QUICK = {
     "latency": dict(inputs=32, per_input=8),
     "stragglers": dict(inputs=32, per_input=4),
     "slow_open": dict(inputs=24, per_input=16, open_us=20000),
+    "slow_map_func": dict(inputs=24, per_input=16, open_us=20000),
 }
 
 NAMES = tuple(w.name for w in _FULL)
@@ -203,6 +209,19 @@ def build_dataset(w: Workload, contender: Contender,
       opened = tf.data.Dataset.range(1).apply(testing.sleep(w.open_us))
       return opened.flat_map(
           lambda _: tf.data.Dataset.range(x * k, (x + 1) * k))
+  elif w.name == "slow_map_func":
+    inputs = tf.data.Dataset.range(w.inputs)
+
+    def open_remote(x):
+      time.sleep(w.open_us / 1e6)
+      return x
+
+    def map_func(x):
+      # A `py_function` runs on whatever thread calls the function: how
+      # many of these waits overlap is up to the implementation.
+      opened = tf.py_function(open_remote, [x], tf.int64)
+      opened.set_shape([])
+      return tf.data.Dataset.range(opened * k, (opened + 1) * k)
   else:
     raise ValueError(w.name)
 

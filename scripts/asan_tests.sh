@@ -53,6 +53,7 @@ DEFAULT_TESTS=(
   tests/test_fault_injection.py
   tests/test_cancellation.py
   tests/test_abandoned_iterators.py
+  tests/test_worker_functions.py
   -k "not test_builtin_accepts_model_order"
 )
 

@@ -1,8 +1,10 @@
 #include "cc/kernels/source_pool.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>  // NOLINT(build/c++11): std::this_thread::get_id
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -72,6 +74,48 @@ class ScopedUnlock {
 
  private:
   tensorflow::mutex* const mu_;
+};
+
+// A worker's context. The functions its calls run (`map_func`, a nested
+// dataset's own functions such as a generator or a `map`) execute on the
+// worker itself rather than queueing on the inter-op pool: the worker waits
+// for them anyway, and the pool's few threads (one per core by default)
+// would otherwise cap how many slow opens or Python functions run at once.
+// Closures scheduled from any other thread, e.g. the threads of a nested
+// parallel `map`, still go to the pool, so nested parallelism is kept; so
+// does everything once the worker has exited (its thread id may be reused).
+class WorkerContext {
+ public:
+  explicit WorkerContext(IteratorContext* base)
+      : on_worker_(std::make_shared<OnWorker>()) {
+    on_worker_->thread = std::this_thread::get_id();
+    IteratorContext::Params params(base);
+    params.runner = [on_worker = on_worker_, pool_runner = *base->runner()](
+                        std::function<void()> closure) {
+      if (on_worker->running.load(std::memory_order_acquire) &&
+          std::this_thread::get_id() == on_worker->thread) {
+        closure();
+      } else {
+        pool_runner(std::move(closure));
+      }
+    };
+    ctx_ = std::make_unique<IteratorContext>(std::move(params));
+  }
+  ~WorkerContext() {
+    on_worker_->running.store(false, std::memory_order_release);
+  }
+  WorkerContext(const WorkerContext&) = delete;
+  WorkerContext& operator=(const WorkerContext&) = delete;
+
+  IteratorContext* get() const { return ctx_.get(); }
+
+ private:
+  struct OnWorker {
+    std::thread::id thread;
+    std::atomic<bool> running{true};
+  };
+  const std::shared_ptr<OnWorker> on_worker_;
+  std::unique_ptr<IteratorContext> ctx_;
 };
 
 }  // namespace
@@ -263,7 +307,8 @@ SourcePool::Task SourcePool::NextTask() {
 }
 
 void SourcePool::WorkerThread(int64_t rank) {
-  IteratorContext* ctx = seat_ctx_.get();
+  const WorkerContext worker_ctx(seat_ctx_.get());
+  IteratorContext* ctx = worker_ctx.get();
   callbacks_.record_start(ctx);
   {
     mutex_lock l(mu_);
@@ -274,7 +319,7 @@ void SourcePool::WorkerThread(int64_t rank) {
   bool exit = false;
   while (!exit) {
     dropped.reset();  // Without `mu_`: tearing a pipeline down takes time.
-    if (task.kind != TaskKind::kNone) RunTask(&task);
+    if (task.kind != TaskKind::kNone) RunTask(&task, ctx);
     mutex_lock l(mu_);
     Seat* follow_up = nullptr;
     if (task.kind != TaskKind::kNone) {
@@ -381,8 +426,7 @@ void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {
   if (self.counted) --wakes_pending_;
 }
 
-void SourcePool::RunTask(Task* task) {
-  IteratorContext* ctx = seat_ctx_.get();
+void SourcePool::RunTask(Task* task, IteratorContext* ctx) {
   Seat* seat = task->seat;
   switch (task->kind) {
     case TaskKind::kPull: {
@@ -409,7 +453,7 @@ void SourcePool::RunTask(Task* task) {
       break;
     }
     case TaskKind::kOpen:
-      task->status = OpenIterator(seat);
+      task->status = OpenIterator(seat, ctx);
       break;
     case TaskKind::kProduce: {
       const int64_t source = seat->source;
@@ -563,8 +607,7 @@ void SourcePool::FinishFailure(Task* task, mutex_lock& lock,
   }
 }
 
-absl::Status SourcePool::OpenIterator(Seat* seat) {
-  IteratorContext* ctx = seat_ctx_.get();
+absl::Status SourcePool::OpenIterator(Seat* seat, IteratorContext* ctx) {
   int64_t source, to_skip;
   {
     mutex_lock l(mu_);
@@ -1034,7 +1077,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();
   {
     ScopedUnlock unlock(&mu_);
-    RunTask(&task);
+    RunTask(&task, seat_ctx_.get());
   }
   inline_start_nanos_ = 0;
   inline_stalled_ = false;

@@ -34,6 +34,10 @@
 //  - In sloppy mode the consumer tells the scheduler what each staged
 //    source costs per element (`SourcePace::StragglerCostNanos`), so that a
 //    straggler waiting in staging enters the cycle ahead of faster sources.
+//  - Functions that a worker's call runs (`map_func`, a nested dataset's own
+//    functions) execute on that worker, not on the inter-op pool, whose few
+//    threads would cap how many slow opens overlap; closures scheduled from
+//    other threads (a nested parallel `map`) still go to the pool.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -252,8 +256,10 @@ class SourcePool : public StatsSource {
   // A worker is about to call the seat's nested iterator (see
   // `SourcePace::StragglerCostNanos`).
   void NoteCallStart(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Runs a task's TensorFlow work, without `mu_`.
-  void RunTask(Task* task) TF_LOCKS_EXCLUDED(mu_);
+  // Runs a task's TensorFlow work, without `mu_`, in `ctx` (a worker's own
+  // context, or `seat_ctx_` for the consumer).
+  void RunTask(Task* task, tensorflow::data::IteratorContext* ctx)
+      TF_LOCKS_EXCLUDED(mu_);
   // Applies a task's result to its seat and releases the claim. A dropped
   // nested iterator goes to `*dropped`, to be destroyed without `mu_`.
   void FinishTask(Task* task, tensorflow::mutex_lock& lock,
@@ -266,7 +272,9 @@ class SourcePool : public StatsSource {
   // Makes the nested iterator from the input element and skips the elements
   // the source already produced (when reopening after an error or after a
   // symbolic restore). Runs as an active call.
-  absl::Status OpenIterator(Seat* seat) TF_LOCKS_EXCLUDED(mu_);
+  absl::Status OpenIterator(Seat* seat,
+                            tensorflow::data::IteratorContext* ctx)
+      TF_LOCKS_EXCLUDED(mu_);
   ErrorAction OnSourceError(Seat* seat, const absl::Status& status)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for the retry delay of the seat's `retries`-th retry.

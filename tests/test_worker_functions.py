@@ -1,0 +1,97 @@
+"""Functions that a worker's calls run execute on the worker, not on the runner's pool.
+
+A slow ``map_func`` (a remote file open done in Python) or a nested dataset's Python
+function would otherwise queue on the thread pool that tf.data runs functions on, whose
+few threads (one per core by default) cap how many of them run at once, whatever
+``cycle_length`` says. The pool's size is set with
+``tf.data.Options().threading.private_threadpool_size``, so the cases do not depend on
+the machine's cores. Every call waits at a gate until ``wanted`` calls run at the same
+time (or a timeout passes); the gate records the most that ever ran together.
+
+The built-in runs these functions on the pool, so against it (see ``conftest.py``) the
+one-thread-pool cases fail: that is the improvement these tests pin down.
+"""
+
+from __future__ import annotations
+
+import threading
+import types
+from typing import Callable, List
+
+import pytest
+import tensorflow as tf
+
+pytestmark = pytest.mark.usefixtures("hang_guard")
+
+CYCLE_LENGTH = 4
+# Long enough for four calls on four workers to meet on a loaded machine; calls that run
+# one after the other each wait this long and the test fails.
+GATE_TIMEOUT_SECONDS = 10.0
+MODES = [pytest.param(False, id="deterministic"), pytest.param(True, id="sloppy")]
+
+
+class Gate:
+    """Counts the calls running at once; each waits until ``wanted`` of them run together."""
+
+    def __init__(self, wanted: int) -> None:
+        self.wanted = wanted
+        self.running = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def _call(self, value: tf.Tensor) -> tf.Tensor:
+        with self._cond:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self.peak >= self.wanted, timeout=GATE_TIMEOUT_SECONDS)
+            self.running -= 1
+        return value
+
+    def op(self, value: tf.Tensor) -> tf.Tensor:
+        """The gate as a TensorFlow op (a ``py_function``) on an int64 scalar."""
+        return tf.py_function(self._call, [value], tf.int64)
+
+
+def _elements(tfi: types.ModuleType, inputs: int, map_func: Callable, cycle_length: int,
+              sloppy: bool, pool_threads: int) -> List[int]:
+    dataset = tf.data.Dataset.range(inputs).apply(
+        tfi.parallel_interleave(map_func, cycle_length, sloppy=sloppy, prefetch_input_elements=0))
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = pool_threads
+    return sorted(int(x) for x in dataset.with_options(options))
+
+
+@pytest.mark.parametrize("sloppy", MODES)
+def test_slow_map_funcs_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType,
+                                                                 sloppy: bool) -> None:
+    gate = Gate(CYCLE_LENGTH)
+    # `map_func` itself waits before its dataset exists (a file open done in Python).
+    elements = _elements(tfi, CYCLE_LENGTH, lambda x: tf.data.Dataset.from_tensors(gate.op(x)),
+                         CYCLE_LENGTH, sloppy, pool_threads=1)
+    assert elements == list(range(CYCLE_LENGTH))
+    assert gate.peak == CYCLE_LENGTH
+
+
+@pytest.mark.parametrize("sloppy", MODES)
+def test_nested_functions_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType,
+                                                                  sloppy: bool) -> None:
+    gate = Gate(CYCLE_LENGTH)
+    # A nested dataset's own function waits (a read done in Python).
+    elements = _elements(tfi, CYCLE_LENGTH, lambda x: tf.data.Dataset.from_tensors(x).map(gate.op),
+                         CYCLE_LENGTH, sloppy, pool_threads=1)
+    assert elements == list(range(CYCLE_LENGTH))
+    assert gate.peak == CYCLE_LENGTH
+
+
+@pytest.mark.parametrize("sloppy", MODES)
+def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, sloppy: bool) -> None:
+    gate = Gate(CYCLE_LENGTH)
+    # One input, whose parallel map schedules its calls from its own threads: they still
+    # run side by side on the pool rather than one after the other on the worker.
+    elements = _elements(
+        tfi, 1,
+        lambda x: tf.data.Dataset.range(CYCLE_LENGTH).map(gate.op, num_parallel_calls=CYCLE_LENGTH),
+        1, sloppy, pool_threads=CYCLE_LENGTH)
+    assert elements == list(range(CYCLE_LENGTH))
+    assert gate.peak == CYCLE_LENGTH
