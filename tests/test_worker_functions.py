@@ -21,6 +21,8 @@ from typing import Callable, List
 import pytest
 import tensorflow as tf
 
+from pipelines import run_session_until_end
+
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
 CYCLE_LENGTH = 4
@@ -28,6 +30,7 @@ CYCLE_LENGTH = 4
 # one after the other each wait this long and the test fails.
 GATE_TIMEOUT_SECONDS = 10.0
 MODES = [pytest.param(False, id="deterministic"), pytest.param(True, id="sloppy")]
+RUN_MODES = ["eager", "tf.function", "graph"]
 
 
 class Gate:
@@ -54,44 +57,67 @@ class Gate:
 
 
 def _elements(tfi: types.ModuleType, inputs: int, map_func: Callable, cycle_length: int,
-              sloppy: bool, pool_threads: int) -> List[int]:
-    dataset = tf.data.Dataset.range(inputs).apply(
-        tfi.parallel_interleave(map_func, cycle_length, sloppy=sloppy, prefetch_input_elements=0))
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = pool_threads
-    return sorted(int(x) for x in dataset.with_options(options))
+              sloppy: bool, pool_threads: int, run_mode: str) -> List[int]:
+    """The interleave's elements, sorted, iterated in eager mode, a ``tf.function`` or a TF1 graph."""
+    def make() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.range(inputs).apply(
+            tfi.parallel_interleave(map_func, cycle_length, sloppy=sloppy, prefetch_input_elements=0))
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = pool_threads
+        return dataset.with_options(options)
+
+    if run_mode == "eager":
+        return sorted(int(x) for x in make())
+    if run_mode == "tf.function":
+        dataset = make()
+
+        @tf.function
+        def collect() -> tf.Tensor:
+            values = tf.TensorArray(tf.int64, size=0, dynamic_size=True)
+            for x in dataset:
+                values = values.write(values.size(), x)
+            return values.stack()
+
+        return sorted(int(x) for x in collect().numpy())
+    with tf.Graph().as_default():
+        next_element = tf.compat.v1.data.make_one_shot_iterator(make()).get_next()
+        with tf.compat.v1.Session() as session:
+            return sorted(int(x) for x in run_session_until_end(session, next_element))
 
 
+@pytest.mark.parametrize("run_mode", RUN_MODES)
 @pytest.mark.parametrize("sloppy", MODES)
-def test_slow_map_funcs_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType,
+def test_slow_map_funcs_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType, run_mode: str,
                                                                  sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
     # `map_func` itself waits before its dataset exists (a file open done in Python).
     elements = _elements(tfi, CYCLE_LENGTH, lambda x: tf.data.Dataset.from_tensors(gate.op(x)),
-                         CYCLE_LENGTH, sloppy, pool_threads=1)
+                         CYCLE_LENGTH, sloppy, pool_threads=1, run_mode=run_mode)
     assert elements == list(range(CYCLE_LENGTH))
     assert gate.peak == CYCLE_LENGTH
 
 
+@pytest.mark.parametrize("run_mode", RUN_MODES)
 @pytest.mark.parametrize("sloppy", MODES)
-def test_nested_functions_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType,
+def test_nested_functions_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType, run_mode: str,
                                                                   sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
     # A nested dataset's own function waits (a read done in Python).
     elements = _elements(tfi, CYCLE_LENGTH, lambda x: tf.data.Dataset.from_tensors(x).map(gate.op),
-                         CYCLE_LENGTH, sloppy, pool_threads=1)
+                         CYCLE_LENGTH, sloppy, pool_threads=1, run_mode=run_mode)
     assert elements == list(range(CYCLE_LENGTH))
     assert gate.peak == CYCLE_LENGTH
 
 
+@pytest.mark.parametrize("run_mode", RUN_MODES)
 @pytest.mark.parametrize("sloppy", MODES)
-def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, sloppy: bool) -> None:
+def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, run_mode: str, sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
     # One input, whose parallel map schedules its calls from its own threads: they still
     # run side by side on the pool rather than one after the other on the worker.
     elements = _elements(
         tfi, 1,
         lambda x: tf.data.Dataset.range(CYCLE_LENGTH).map(gate.op, num_parallel_calls=CYCLE_LENGTH),
-        1, sloppy, pool_threads=CYCLE_LENGTH)
+        1, sloppy, pool_threads=CYCLE_LENGTH, run_mode=run_mode)
     assert elements == list(range(CYCLE_LENGTH))
     assert gate.peak == CYCLE_LENGTH
