@@ -147,6 +147,9 @@ def _limit_note(w: workloads.Workload, row: dict) -> str:
   limits = w.limits()
   if rate is None:
     return ""
+  if "sloppy limit" in limits and row["mode"] == "sloppy":
+    limit = limits["sloppy limit"]
+    return f"{100 * rate / limit:.0f}% of sloppy limit {limit:,.0f}/s"
   if "physical limit" in limits:
     limit = limits["physical limit"]
     return f"{100 * rate / limit:.0f}% of limit {limit:,.0f}/s"

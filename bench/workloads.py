@@ -84,6 +84,14 @@ class Workload:
       # `cycle_length` nested datasets are read at once, each one element per
       # `latency_us` at best.
       limits["physical limit"] = self.cycle_length * 1e6 / self.latency_us
+      # Sloppy mode also reads the staged inputs while the cycle's wait, so
+      # every seat (cycle_length + prefetch_input_elements, the default
+      # 2 * cycle_length) reads at once: the inputs go through the seats in
+      # ceil(inputs / seats) rounds of per_input latencies each.
+      seats = 3 * self.cycle_length
+      rounds = -(-self.inputs // seats)
+      limits["sloppy limit"] = (self.elements * 1e6 /
+                                (rounds * self.per_input * self.latency_us))
     if self.name == "stragglers":
       # Nothing finishes before the slowest input has produced its elements
       # one after another.

@@ -50,6 +50,7 @@ DEFAULT_TESTS=(
   tests/test_teardown.py
   tests/test_checkpoint.py
   tests/test_straggler_promotion.py
+  tests/test_sloppy_staging.py
   tests/test_fault_injection.py
   tests/test_cancellation.py
   tests/test_abandoned_iterators.py

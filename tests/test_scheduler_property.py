@@ -205,6 +205,46 @@ class Simulation:
         assert source not in state["cycle"], f"asked for the cost of source {source} in the cycle"
         return self.tape.choose(100) if self.tape.choose(4) == 0 else 0
 
+    def staged_sources(self) -> List[int]:
+        """Sources opened and not yet in the cycle, gone or released."""
+        state = self.scheduler.state()
+        return [source for source in range(state["next_source"], state["inputs_known"])
+                if source not in state["promoted"]]
+
+    def consult_staging(self, decision: Tuple[str, int]) -> Tuple[str, int]:
+        """What the pool does when the cycle has nothing ready: ask staging.
+
+        Deterministic mode must not move; `decision` stands then.
+        """
+        state_before = self.scheduler.state()
+        staged = self.staged_sources()
+        kind, source, released = self.scheduler.next_from_staging(self.state_of)
+        self.decisions.append(("staging " + kind, source))
+        if not self.case.sloppy:
+            assert (kind, source, released) == ("wait_for_any", -1, [])
+            assert self.scheduler.state() == state_before
+            return decision
+        for gone in released:
+            assert gone in staged, f"released source {gone}, which is not staged"
+            assert not self.released[gone], f"source {gone} released twice"
+            assert self.state_of(gone) == "finished", f"released unfinished source {gone}"
+            self.released[gone] = True
+        state = self.scheduler.state()
+        assert state["cycle"] == state_before["cycle"], "staging changed the cycle"
+        assert not set(self.staged_sources()) & set(released)
+        if kind == "emit":
+            assert source in staged and source not in state["cycle"], \
+                f"emitted source {source}, which is not staged: {state}"
+            assert self.buffers[source], f"emitted source {source} has nothing buffered"
+            # The first ready one in input order.
+            assert not [s for s in staged if s < source and self.buffers[s]]
+            self.out.append(self.buffers[source].popleft())
+        else:
+            assert kind == "wait_for_any", kind
+            ready = [s for s in self.staged_sources() if self.buffers[s]]
+            assert not ready, f"waits while staged sources {ready} are ready"
+        return kind, source
+
     def consult(self) -> Tuple[str, int]:
         skips_before = self.scheduler.state()["sloppy_skips"]
         kind, source, released = self.scheduler.next(self.state_of, self.staged_cost)
@@ -269,6 +309,8 @@ class Simulation:
                 if self.tape.choose(8) == 7:
                     self.round_trip_state()
                 decision = self.consult()
+                if decision[0] in ("wait_for_any", "wait_for_source") and self.tape.choose(4) != 0:
+                    decision = self.consult_staging(decision)
                 if decision[0] == "end_of_sequence":
                     break
                 awake = decision[0] == "emit"

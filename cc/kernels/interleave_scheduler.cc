@@ -54,24 +54,28 @@ int64_t InterleaveScheduler::ChooseStaged(const CostFn& staged_cost) const {
   return chosen;
 }
 
+void InterleaveScheduler::LeaveStaging(int64_t source) {
+  std::vector<int64_t>& promoted = state_.promoted;
+  if (source != state_.next_source) {
+    promoted.insert(
+        std::upper_bound(promoted.begin(), promoted.end(), source), source);
+    return;
+  }
+  // The front left: the next front is the first source not promoted.
+  ++state_.next_source;
+  while (!promoted.empty() && promoted.front() == state_.next_source) {
+    promoted.erase(promoted.begin());
+    ++state_.next_source;
+  }
+}
+
 bool InterleaveScheduler::RefillSlot(int64_t index,
                                      const CostFn& staged_cost) {
   if (state_.next_source < state_.inputs_known) {
     const int64_t source = ChooseStaged(staged_cost);
     state_.cycle[index] = source;
-    std::vector<int64_t>& promoted = state_.promoted;
-    if (source != state_.next_source) {
-      promoted.insert(
-          std::upper_bound(promoted.begin(), promoted.end(), source), source);
-      ++state_.promotions;
-      return true;
-    }
-    // The front entered: the next front is the first source not promoted.
-    ++state_.next_source;
-    while (!promoted.empty() && promoted.front() == state_.next_source) {
-      promoted.erase(promoted.begin());
-      ++state_.next_source;
-    }
+    if (source != state_.next_source) ++state_.promotions;
+    LeaveStaging(source);
     return true;
   }
   if (state_.input_ended) state_.cycle[index] = kEmptySlot;
@@ -145,6 +149,36 @@ InterleaveScheduler::Decision InterleaveScheduler::Next(
     }
     return {Kind::kWaitForInput, -1};
   }
+}
+
+InterleaveScheduler::Decision InterleaveScheduler::NextFromStaging(
+    const StateFn& source_state, std::vector<int64_t>* released) {
+  using Kind = Decision::Kind;
+  if (!sloppy_ || !state_.started) return {Kind::kWaitForAny, -1};
+  int64_t ready = -1;
+  std::vector<int64_t> finished;
+  const std::vector<int64_t>& promoted = state_.promoted;
+  auto skip = promoted.begin();
+  for (int64_t source = state_.next_source; source < state_.inputs_known;
+       ++source) {
+    if (skip != promoted.end() && *skip == source) {
+      ++skip;
+      continue;
+    }
+    const SourceState state = source_state(source);
+    if (state == SourceState::kReady) {
+      ready = source;
+      break;
+    }
+    if (state == SourceState::kFinished) finished.push_back(source);
+  }
+  // After the scan: leaving staging edits `promoted`.
+  for (int64_t source : finished) {
+    LeaveStaging(source);
+    released->push_back(source);
+  }
+  if (ready >= 0) return {Kind::kEmit, ready};
+  return {Kind::kWaitForAny, -1};
 }
 
 std::vector<int64_t> InterleaveScheduler::LiveSources() const {

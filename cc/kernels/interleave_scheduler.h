@@ -17,8 +17,9 @@
 // Invariants:
 //  1. Every slot of `cycle` is a source id, kEmptySlot or kAwaitingSlot; a
 //     source id appears in at most one slot. In deterministic mode sources
-//     enter slots in increasing order; in sloppy mode the ones that entered
-//     ahead of their turn are listed in `promoted` (sorted, all above
+//     enter slots in increasing order; in sloppy mode the ones that left
+//     staging ahead of their turn (into a slot, or ended while staged) are
+//     listed in `promoted` (sorted, all above
 //     `next_source`) until `next_source` passes them, and every source in
 //     a slot is below `next_source` or listed there. next_source only
 //     grows.
@@ -73,8 +74,9 @@ class InterleaveScheduler {
     int64_t inputs_known = 0;
     bool input_ended = false;
     int64_t sloppy_skips = 0;
-    // Sloppy: sources that entered the cycle ahead of `next_source` (and
-    // may have left it since), skipped when staging's front reaches them.
+    // Sloppy: sources that left staging ahead of `next_source` (into the
+    // cycle, or ended while staged), skipped when staging's front reaches
+    // them.
     std::vector<int64_t> promoted;
     int64_t promotions = 0;  // Staged sources that ever entered early.
   };
@@ -103,6 +105,14 @@ class InterleaveScheduler {
   Decision Next(const StateFn& source_state, std::vector<int64_t>* released,
                 const CostFn& staged_cost = nullptr);
 
+  // Sloppy mode, after `Next` said kWaitForAny: the first staged source (in
+  // input order) with an element ready emits it without entering the
+  // cycle; kWaitForAny when none has. `source_state` is asked about staged
+  // sources; those found finished leave staging and are appended to
+  // `released`. In deterministic mode, always kWaitForAny.
+  Decision NextFromStaging(const StateFn& source_state,
+                           std::vector<int64_t>* released);
+
   const State& state() const { return state_; }
   // Replaces the whole state (restoring a checkpoint). Returns an empty
   // string when `state` is consistent with this scheduler's arguments,
@@ -128,6 +138,8 @@ class InterleaveScheduler {
   bool RefillSlot(int64_t index, const CostFn& staged_cost);
   // Sloppy: the staged source to enter the cycle next.
   int64_t ChooseStaged(const CostFn& staged_cost) const;
+  // Takes `source` out of staging (into a slot, or gone for good).
+  void LeaveStaging(int64_t source);
   void AdvanceBlock(int64_t index);
 
   const int64_t cycle_length_;

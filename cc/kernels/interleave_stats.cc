@@ -83,7 +83,8 @@ std::string StatsToJson(const IteratorStats& s) {
       ",\"consumer_wait_seconds\":", Number(s.consumer_wait_seconds),
       ",\"waiting_on\":", s.waiting_on.empty() ? "null" : Quote(s.waiting_on),
       ",\"sloppy_skips\":", s.sloppy_skips,
-      ",\"promoted_inputs\":", s.promoted_inputs, ",\"retries\":", s.retries,
+      ",\"promoted_inputs\":", s.promoted_inputs,
+      ",\"staged_elements\":", s.staged_elements, ",\"retries\":", s.retries,
       ",\"stall_warnings\":", s.stall_warnings,
       ",\"inputs\":", List(s.inputs, InputToJson),
       ",\"skipped_inputs\":", List(s.skipped_inputs, SkippedToJson), "}");

@@ -55,6 +55,8 @@ struct IteratorStats {
   int64_t sloppy_skips = 0;
   // Sloppy: slow inputs that entered the cycle ahead of their turn.
   int64_t promoted_inputs = 0;
+  // Sloppy: elements taken from staged inputs while the cycle had none.
+  int64_t staged_elements = 0;
   int64_t retries = 0;
   int64_t stall_warnings = 0;
   std::vector<InputStats> inputs;

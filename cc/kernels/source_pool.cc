@@ -705,7 +705,8 @@ bool SourcePool::ConsumerWaitsOn(const Seat& seat) const {
     return consumer_wait_source_ == seat.source;
   }
   if (consumer_wait_ != ConsumerWait::kAny) return false;
-  // Sloppy: any source of the cycle (a staged one could not be emitted).
+  // Sloppy: any source of the cycle. Staged ones may be emitted too, but the
+  // memory budget makes no exception for them: the cycle's ensure progress.
   for (int64_t source : scheduler_.state().cycle) {
     if (source == seat.source) return true;
   }
@@ -988,12 +989,18 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       return absl::CancelledError("tf_interleave iterator was cancelled");
     }
     released_.clear();
-    const InterleaveScheduler::Decision decision =
+    InterleaveScheduler::Decision decision =
         scheduler_.Next(state_of, &released_, staged_cost);
-    absl::Status skip_status;
-    for (int64_t source : released_) {
-      const absl::Status status = ReleaseSource(source);
-      if (skip_status.ok()) skip_status = status;
+    absl::Status skip_status = ReleaseSources();
+    if (skip_status.ok() && decision.kind == Kind::kWaitForAny) {
+      // Sloppy, nothing ready in the cycle: a cheap source of the cycle is
+      // produced here first (it would otherwise wait for a worker), then a
+      // staged source's ready element beats waiting.
+      if (ProduceInlineForCycle(l)) continue;
+      released_.clear();
+      decision = scheduler_.NextFromStaging(state_of, &released_);
+      if (decision.kind == Kind::kEmit) ++staged_elements_;
+      skip_status = ReleaseSources();
     }
     if (!skip_status.ok()) {
       // One skip too many: the error takes the place where that input
@@ -1025,12 +1032,20 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         consumer_wait_ = ConsumerWait::kInput;
         break;
       case Kind::kWaitForAny:
-        if (ProduceInlineForCycle(l)) continue;
         consumer_wait_ = ConsumerWait::kAny;
         break;
     }
     WaitAsConsumer(ctx, l);
   }
+}
+
+absl::Status SourcePool::ReleaseSources() {
+  absl::Status skip_status;
+  for (int64_t source : released_) {
+    const absl::Status status = ReleaseSource(source);
+    if (skip_status.ok()) skip_status = status;
+  }
+  return skip_status;
 }
 
 bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
@@ -1124,6 +1139,7 @@ IteratorStats SourcePool::Stats() const {
   stats.waiting_on = WaitTargetLabel(wait_reason_, wait_reason_source_);
   stats.sloppy_skips = scheduler_.state().sloppy_skips;
   stats.promoted_inputs = scheduler_.state().promotions;
+  stats.staged_elements = staged_elements_;
   stats.retries = retries_;
   stats.stall_warnings = stall_warnings_;
   stats.skipped_inputs = skipped_inputs_;

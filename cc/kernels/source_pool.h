@@ -33,7 +33,9 @@
 //    arenas).
 //  - In sloppy mode the consumer tells the scheduler what each staged
 //    source costs per element (`SourcePace::StragglerCostNanos`), so that a
-//    straggler waiting in staging enters the cycle ahead of faster sources.
+//    straggler waiting in staging enters the cycle ahead of faster sources;
+//    and when no source of the cycle has an element ready (nor a cheap one
+//    to produce), it takes a staged source's instead of waiting.
 //  - Functions that a worker's call runs (`map_func`, a nested dataset's own
 //    functions) execute on that worker, not on the inter-op pool, whose few
 //    threads would cap how many slow opens overlap; closures scheduled from
@@ -338,6 +340,8 @@ class SourcePool : public StatsSource {
   // to deliver at this point of the order when the source was skipped one
   // time too many (`max_skipped_inputs`), else OK.
   absl::Status ReleaseSource(int64_t source) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Releases every source in `released_`; returns the first skip error.
+  absl::Status ReleaseSources() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Counts a skipped input at its place in the consumer's order.
   absl::Status AccountSkip(const Seat& seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sources of the cycle with nothing buffered that have not ended.
@@ -442,6 +446,8 @@ class SourcePool : public StatsSource {
 
   // Stats (see interleave_stats.h).
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;
+  // Sloppy: elements taken from staged sources (stats only).
+  int64_t staged_elements_ TF_GUARDED_BY(mu_) = 0;
   int64_t delivered_bytes_ TF_GUARDED_BY(mu_) = 0;
   int64_t consumer_wait_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t retries_ TF_GUARDED_BY(mu_) = 0;

@@ -134,6 +134,22 @@ PYBIND11_MODULE(scheduler_binding, m) {
           py::arg("state_fn"), py::arg("cost_fn") = py::none(),
           "Returns (kind, source, released sources). `cost_fn(source)` "
           "gives a staged source's cost (sloppy mode).")
+      .def(
+          "next_from_staging",
+          [](InterleaveScheduler& scheduler, const py::function& state_fn) {
+            std::vector<int64_t> released;
+            const InterleaveScheduler::Decision decision =
+                scheduler.NextFromStaging(
+                    [&state_fn](int64_t source) {
+                      return ParseSourceState(state_fn(source));
+                    },
+                    &released);
+            return py::make_tuple(KindName(decision.kind), decision.source,
+                                  released);
+          },
+          py::arg("state_fn"),
+          "Returns (kind, source, released sources): a staged source's "
+          "element when the cycle has none ready (sloppy mode).")
       .def("state",
            [](const InterleaveScheduler& scheduler) {
              return StateToDict(scheduler.state());

@@ -68,6 +68,21 @@ class Harness {
     return decision;
   }
 
+  // What the pool asks when `Next` said kWaitForAny (sloppy mode).
+  Decision FromStaging() {
+    last_released_.clear();
+    asked_.clear();
+    const Decision decision = scheduler_.NextFromStaging(
+        [this](int64_t source) { return Ask(source); }, &last_released_);
+    for (int64_t source : last_released_) {
+      CHECK(states_.count(source) && states_[source] == kFinished)
+          << "released source " << source << " is not finished";
+      CHECK(released_.insert(source).second)
+          << "source " << source << " released twice";
+    }
+    return decision;
+  }
+
   void ExpectEmit(int64_t source) {
     const Decision d = Next();
     CHECK_EQ(d.kind, Kind::kEmit) << " state " << state();
@@ -590,6 +605,78 @@ TEST(SloppyPromotionFillsAwaitingSlots) {
   CHECK_EQ(h.state().next_source, 3);
 }
 
+// ---------------------------------------------------------------------------
+// Sloppy: staged sources give their elements while the cycle has none.
+
+TEST(SloppyTakesTheFirstReadyStagedSourceWhenTheCycleWaits) {
+  Harness h(1, 1, /*sloppy=*/true);
+  h.OpenMany(4, kPending);
+  h.ExpectWait(Kind::kWaitForAny);  // Source 0 fills the slot.
+  Decision d = h.FromStaging();
+  CHECK_EQ(d.kind, Kind::kWaitForAny);
+  CHECK_EQ(h.asked(), (std::vector<int64_t>{1, 2, 3}));
+  h.Set(3, kReady);
+  h.Set(2, kReady);
+  d = h.FromStaging();
+  CHECK_EQ(d.kind, Kind::kEmit);
+  CHECK_EQ(d.source, 2);  // Input order among the ready ones.
+  // Staging and the cycle are as they were: the source only gave an element.
+  CHECK_EQ(h.state().cycle, (std::vector<int64_t>{0}));
+  CHECK_EQ(h.state().next_source, 1);
+  CHECK(h.state().promoted.empty());
+  CHECK_EQ(h.state().promotions, 0);
+  // A ready source of the cycle still comes first, through `Next`.
+  h.Set(0, kReady);
+  h.ExpectEmit(0);
+}
+
+TEST(SloppyReleasesStagedSourcesThatEndedWhileStaged) {
+  Harness h(1, 1, true);
+  h.OpenMany(6, kPending);
+  h.ExpectWait(Kind::kWaitForAny);
+  h.Set(1, kFinished);
+  h.Set(2, kFinished);
+  h.Set(4, kFinished);
+  h.Set(5, kReady);
+  Decision d = h.FromStaging();
+  CHECK_EQ(d.kind, Kind::kEmit);
+  CHECK_EQ(d.source, 5);
+  CHECK_EQ(h.last_released(), (std::vector<int64_t>{1, 2, 4}));
+  // The front left (twice), and 4 left ahead of its turn.
+  CHECK_EQ(h.state().next_source, 3);
+  CHECK_EQ(h.state().promoted, (std::vector<int64_t>{4}));
+  CHECK_EQ(h.state().promotions, 0);
+  // The state is one that Restore accepts.
+  InterleaveScheduler copy(1, 1, true);
+  CHECK_EQ(copy.Restore(h.state()), "");
+  // Staging goes on in input order, passing over what left.
+  h.Set(5, kPending);
+  h.Set(0, kFinished);
+  h.ExpectWait(Kind::kWaitForAny);
+  CHECK_EQ(h.state().cycle, (std::vector<int64_t>{3}));
+  CHECK_EQ(h.state().next_source, 5);
+  CHECK(h.state().promoted.empty());
+  h.Set(3, kFinished);
+  h.Set(5, kFinished);
+  h.End();
+  h.ExpectWait(Kind::kEndOfSequence);
+  CHECK_EQ(h.released().size(), 6u);
+}
+
+TEST(DeterministicNeverTakesFromStaging) {
+  Harness h(1, 1, /*sloppy=*/false);
+  h.OpenMany(3);
+  h.Set(0, kPending);
+  h.Set(2, kFinished);
+  h.ExpectWait(Kind::kWaitForSource, 0);
+  const State before = h.state();
+  const Decision d = h.FromStaging();
+  CHECK_EQ(d.kind, Kind::kWaitForAny);
+  CHECK(h.asked().empty());
+  CHECK(h.last_released().empty());
+  CHECK(SameState(h.state(), before));
+}
+
 TEST(DeterministicIgnoresCosts) {
   // The harness fails the test if a deterministic scheduler asks for one.
   Harness h(1, 1, /*sloppy=*/false);
@@ -835,6 +922,9 @@ class Simulation {
       if (awake && (events.empty() || random_() % 3 != 0)) {
         if (random_() % 8 == 0) RoundTripState();
         decision = Consult();
+        if (decision.kind == Kind::kWaitForAny && random_() % 4 != 0) {
+          decision = ConsultStaging();
+        }
         if (decision.kind == Kind::kEndOfSequence) break;
         awake = decision.kind == Kind::kEmit;
         continue;
@@ -938,6 +1028,57 @@ class Simulation {
         << " a reachable state was rejected: " << scheduler_->state();
     CHECK(SameState(copy->state(), scheduler_->state()));
     scheduler_ = std::move(copy);
+  }
+
+  // Staged sources: opened, not in the cycle, not gone.
+  std::vector<int64_t> Staged() const {
+    const State& state = scheduler_->state();
+    std::vector<int64_t> staged;
+    for (int64_t k = state.next_source; k < state.inputs_known; ++k) {
+      if (!std::binary_search(state.promoted.begin(), state.promoted.end(),
+                              k)) {
+        staged.push_back(k);
+      }
+    }
+    return staged;
+  }
+
+  // What the pool does after kWaitForAny: asks staging for an element.
+  Decision ConsultStaging() {
+    const std::vector<int64_t> staged = Staged();
+    const std::vector<int64_t> cycle = scheduler_->state().cycle;
+    std::vector<int64_t> released;
+    const Decision d = scheduler_->NextFromStaging(
+        [&](int64_t source) {
+          CHECK(std::find(staged.begin(), staged.end(), source) !=
+                staged.end())
+              << "asked staging about source " << source << ", not staged";
+          return StateOf(source);
+        },
+        &released);
+    for (int64_t source : released) {
+      CHECK(!released_[source]) << "released twice: " << source;
+      CHECK(StateOf(source) == kFinished) << "released unfinished " << source;
+      released_[source] = true;
+    }
+    CHECK(scheduler_->state().cycle == cycle) << "staging changed the cycle";
+    if (d.kind == Kind::kEmit) {
+      CHECK(std::find(staged.begin(), staged.end(), d.source) !=
+            staged.end());
+      for (int64_t k : staged) {
+        if (k == d.source) break;
+        CHECK(buffered_[k] == 0) << "emits " << d.source << " before " << k;
+      }
+      CHECK(buffered_[d.source] > 0);
+      --buffered_[d.source];
+      order_.push_back(d.source);
+    } else {
+      CHECK(d.kind == Kind::kWaitForAny) << d.kind;
+      for (int64_t k : Staged()) {
+        CHECK(buffered_[k] == 0) << "waits while staged " << k << " is ready";
+      }
+    }
+    return d;
   }
 
   Decision Consult() {

@@ -122,7 +122,11 @@ class ThreadedPool {
            static_cast<int64_t>(out.size()) < config_.stop_after) {
       if (random() % 8 == 0) RoundTripState();
       released.clear();
-      const Decision decision = scheduler_->Next(state_of, &released);
+      Decision decision = scheduler_->Next(state_of, &released);
+      if (decision.kind == Kind::kWaitForAny) {
+        // As the pool does: a staged source's element before waiting.
+        decision = scheduler_->NextFromStaging(state_of, &released);
+      }
       for (int64_t source : released) Release(source);
       if (decision.kind == Kind::kEndOfSequence) break;
       if (decision.kind == Kind::kEmit) {

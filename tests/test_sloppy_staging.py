@@ -1,0 +1,212 @@
+"""Sloppy mode takes staged inputs' elements while the cycle has none ready.
+
+Staged inputs (``prefetch_input_elements``) are open and fill their buffers
+anyway. When no input of the cycle has an element ready, a sloppy iterator
+emits a staged input's element instead of waiting; a staged input that ends
+before its turn gives its seat to the next input. Deterministic mode keeps
+the exact order. The elements, the buffers' bounds and checkpoints are as
+before: only the order changes, which sloppy mode does not promise.
+"""
+
+from __future__ import annotations
+
+import collections
+import types
+from typing import Any, Dict, List, Sequence
+
+import pytest
+import tensorflow as tf
+
+from pipelines import Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, nested_values, \
+    sized_input, to_python
+from reference_model import interleave_order
+
+pytestmark = pytest.mark.usefixtures("hang_guard")
+
+
+def _dataset(tfi: types.ModuleType, sizes: Sequence[int], straggler: Straggler, held: int, sloppy: bool,
+             cycle_length: int, prefetch_input_elements: int, buffer_output_elements: int = 2,
+             ) -> tf.data.Dataset:
+    return sized_input(sizes).apply(tfi.parallel_interleave(
+        straggler.map_func(sizes, held), cycle_length, sloppy=sloppy,
+        buffer_output_elements=buffer_output_elements, prefetch_input_elements=prefetch_input_elements))
+
+
+def _others(sizes: Sequence[int], held: int) -> List[int]:
+    return sorted(value for index, values in enumerate(nested_values(sizes)) if index != held
+                  for value in values)
+
+
+SETUPS = [
+    # The cycle's one slot holds the held input; two staged inputs give
+    # everything they have.
+    pytest.param(dict(sizes=(4, 3, 3), cycle_length=1, prefetch_input_elements=2), id="one-slot"),
+    # More inputs than seats: staged inputs that end while staged make room
+    # for the next ones.
+    pytest.param(dict(sizes=(3,) * 7, cycle_length=1, prefetch_input_elements=2), id="seats-recycled"),
+    # Two slots, one held: the other slot and staging both give.
+    pytest.param(dict(sizes=(3,) * 9, cycle_length=2, prefetch_input_elements=2), id="two-slots"),
+    # One element of buffer: each staged input is emptied and refilled.
+    pytest.param(dict(sizes=(2, 5, 4, 1, 3), cycle_length=1, prefetch_input_elements=1,
+                      buffer_output_elements=1), id="buffer-of-one"),
+]
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_sloppy_takes_staged_elements_while_the_cycle_waits(tfi: types.ModuleType, setup: Dict[str, Any]
+                                                            ) -> None:
+    sizes = setup["sizes"]
+    straggler = Straggler()
+    dataset = _dataset(tfi, straggler=straggler, held=0, sloppy=True, **setup)
+    others = _others(sizes, held=0)
+    before, after = bounded(drain_holding_straggler, dataset, straggler, len(others))
+    assert not straggler.timed_out, "sloppy mode waited for the cycle while staged inputs had elements"
+    assert sorted(before) == others
+    assert after == nested_values(sizes)[0]
+
+
+@pytest.mark.parametrize("setup", SETUPS)
+def test_deterministic_keeps_the_order(tfi: types.ModuleType, setup: Dict[str, Any]) -> None:
+    sizes = setup["sizes"]
+    straggler = Straggler()
+    dataset = _dataset(tfi, straggler=straggler, held=0, sloppy=False, **setup)
+    order = bounded(drain_with_late_straggler, dataset, straggler)
+    assert order == interleave_order(nested_values(sizes), setup["cycle_length"], 1,
+                                     setup["prefetch_input_elements"])
+
+
+def _new_entry(tfi: types.ModuleType, before: set) -> Dict[str, Any]:
+    entries = [entry for entry in tfi.stats() if entry["id"] not in before]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def test_stats_count_staged_elements(tfi: types.ModuleType) -> None:
+    sizes = (4, 3, 3)
+    straggler = Straggler()
+    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2)
+
+    def go() -> Dict[str, Any]:
+        before = {entry["id"] for entry in tfi.stats()}
+        iterator = iter(dataset)
+        try:
+            taken = [int(next(iterator)) for _ in range(6)]
+            entry = _new_entry(tfi, before)
+        finally:
+            straggler.release()
+        assert sorted(taken) == _others(sizes, held=0)
+        rest = [int(value) for value in iterator]
+        assert rest == nested_values(sizes)[0]
+        return entry
+
+    entry = bounded(go)
+    assert not straggler.timed_out
+    assert entry["staged_elements"] == 6, entry
+
+
+def test_stats_count_no_staged_elements_when_deterministic(tfi: types.ModuleType) -> None:
+    sizes = (4, 3, 3)
+    straggler = Straggler()
+    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=False, cycle_length=1, prefetch_input_elements=2)
+
+    def go() -> Dict[str, Any]:
+        before = {entry["id"] for entry in tfi.stats()}
+        timer = straggler.release_later(0.2)
+        try:
+            iterator = iter(dataset)
+            values = [int(value) for value in iterator]
+            entry = _new_entry(tfi, before)
+        finally:
+            timer.cancel()
+            straggler.release()
+        assert values == interleave_order(nested_values(sizes), 1, 1, 2)
+        return entry
+
+    assert bounded(go)["staged_elements"] == 0
+
+
+@pytest.mark.parametrize("symbolic", [False, True], ids=["full", "symbolic"])
+def test_checkpoint_after_staged_elements_keeps_each_element_once(tfi: types.ModuleType, tmp_path,
+                                                                   symbolic: bool) -> None:
+    """A checkpoint taken after staged inputs gave elements (some of them
+    ended while staged) restores exactly the elements not yet returned."""
+    sizes = (5, 2, 4, 3, 4)
+    straggler = Straggler()
+    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2)
+    options = tf.data.Options()
+    options.experimental_symbolic_checkpoint = symbolic
+    # The gate is a `tf.py_function`: state outside TensorFlow.
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    dataset = dataset.with_options(options)
+    everything = collections.Counter(value for values in nested_values(sizes) for value in values)
+
+    def go() -> None:
+        iterator = iter(dataset)
+        try:
+            # Input 1 ends while staged; inputs 2 and 3 have given some.
+            taken = [int(next(iterator)) for _ in range(7)]
+        finally:
+            straggler.release()
+        assert all(value // 1000 != 0 for value in taken), taken
+        checkpoint = tf.train.Checkpoint(iterator=iterator)
+        path = checkpoint.save(str(tmp_path / "ckpt"))
+        rest = [int(value) for value in iterator]
+        assert collections.Counter(taken + rest) == everything
+        restored = iter(dataset)
+        tf.train.Checkpoint(iterator=restored).restore(path).assert_consumed()
+        rest_after_restore = [int(value) for value in restored]
+        assert collections.Counter(taken + rest_after_restore) == everything
+
+    bounded(go)
+    assert not straggler.timed_out
+
+
+def test_tf_function_and_graph_mode_take_staged_elements(tfi: types.ModuleType) -> None:
+    """The same in a `tf.function` loop and in a TF1 session."""
+    sizes = (3, 2, 2)
+    others = _others(sizes, held=0)
+
+    straggler = Straggler()
+    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2)
+
+    @tf.function
+    def take(iterator, count: int):
+        values = tf.TensorArray(tf.int64, size=count)
+        for i in tf.range(count):
+            values = values.write(i, next(iterator))
+        return values.stack()
+
+    def in_function() -> List[int]:
+        iterator = iter(dataset)
+        try:
+            before = [int(value) for value in take(iterator, len(others))]
+        finally:
+            straggler.release()
+        return before + [int(value) for value in iterator]
+
+    values = bounded(in_function)
+    assert not straggler.timed_out
+    assert sorted(values[:len(others)]) == others and values[len(others):] == nested_values(sizes)[0]
+
+    graph_straggler = Straggler()
+
+    def in_graph() -> List[int]:
+        with tf.Graph().as_default():
+            graph_dataset = _dataset(tfi, sizes, graph_straggler, held=0, sloppy=True, cycle_length=1,
+                                     prefetch_input_elements=2)
+            next_element = tf.compat.v1.data.make_one_shot_iterator(graph_dataset).get_next()
+            with tf.compat.v1.Session() as session:
+                try:
+                    before = [to_python(session.run(next_element)) for _ in range(len(others))]
+                finally:
+                    graph_straggler.release()
+                after = []
+                while True:
+                    try:
+                        after.append(to_python(session.run(next_element)))
+                    except tf.errors.OutOfRangeError:
+                        return before + after
+
+    values = bounded(in_graph)
+    assert not graph_straggler.timed_out
+    assert sorted(values[:len(others)]) == others and values[len(others):] == nested_values(sizes)[0]
