@@ -59,12 +59,7 @@ class Harness {
     const Decision decision = scheduler_.Next(
         [this](int64_t source) { return Ask(source); }, &last_released_,
         [this](int64_t source) { return Cost(source); });
-    for (int64_t source : last_released_) {
-      CHECK(states_.count(source) && states_[source] == kFinished)
-          << "released source " << source << " is not finished";
-      CHECK(released_.insert(source).second)
-          << "source " << source << " released twice";
-    }
+    CheckReleased();
     return decision;
   }
 
@@ -74,12 +69,7 @@ class Harness {
     asked_.clear();
     const Decision decision = scheduler_.NextFromStaging(
         [this](int64_t source) { return Ask(source); }, &last_released_);
-    for (int64_t source : last_released_) {
-      CHECK(states_.count(source) && states_[source] == kFinished)
-          << "released source " << source << " is not finished";
-      CHECK(released_.insert(source).second)
-          << "source " << source << " released twice";
-    }
+    CheckReleased();
     return decision;
   }
 
@@ -101,6 +91,16 @@ class Harness {
   const std::set<int64_t>& released() const { return released_; }
 
  private:
+  // Only finished sources are released, each once.
+  void CheckReleased() {
+    for (int64_t source : last_released_) {
+      CHECK(states_.count(source) && states_[source] == kFinished)
+          << "released source " << source << " is not finished";
+      CHECK(released_.insert(source).second)
+          << "source " << source << " released twice";
+    }
+  }
+
   SourceState Ask(int64_t source) {
     CHECK(source >= 0 && source < scheduler_.state().inputs_known)
         << "asked about unknown source " << source;
