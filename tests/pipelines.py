@@ -66,6 +66,36 @@ def collect(dataset: tf.data.Dataset) -> List[Any]:
     return values
 
 
+def collect_in_tf_function(dataset: tf.data.Dataset) -> List[Any]:
+    """Drains ``dataset`` inside a ``tf.function`` loop; returns Python values."""
+
+    @tf.function
+    def gather_all() -> tf.Tensor:
+        values = tf.TensorArray(dataset.element_spec.dtype, size=0, dynamic_size=True)
+        for value in dataset:
+            values = values.write(values.size(), value)
+        return values.stack()
+
+    return gather_all().numpy().tolist()
+
+
+def live_stats_ids(tfi: Any) -> set:
+    """Ids of the iterators ``tfi.stats()`` lists now."""
+    return {entry["id"] for entry in tfi.stats()}
+
+
+def new_stats_entries(tfi: Any, before: set) -> List[Dict[str, Any]]:
+    """``tfi.stats()`` entries of iterators not in ``before``."""
+    return [entry for entry in tfi.stats() if entry["id"] not in before]
+
+
+def the_new_stats_entry(tfi: Any, before: set) -> Dict[str, Any]:
+    """The one ``tfi.stats()`` entry of an iterator not in ``before``."""
+    fresh = new_stats_entries(tfi, before)
+    assert len(fresh) == 1, f"expected one new live iterator in stats(), got {fresh}"
+    return fresh[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
     """An error delivered in place of an element; ``kind`` is the exception class name."""

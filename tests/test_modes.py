@@ -8,7 +8,8 @@ from typing import List, Optional, Sequence
 import pytest
 import tensorflow as tf
 
-from pipelines import collect, nested_values, run_session_until_end, sized_input, sized_map_func
+from pipelines import collect, collect_in_tf_function, nested_values, run_session_until_end, sized_input, \
+    sized_map_func
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -69,14 +70,7 @@ def test_tf_function_traced_once_serves_many_arguments(tfi: types.ModuleType) ->
 def test_dataset_iterated_inside_tf_function(tfi: types.ModuleType) -> None:
     dataset = sized_input(SIZES).apply(tfi.parallel_interleave(sized_map_func(SIZES), 3, 2))
 
-    @tf.function
-    def gather_all() -> tf.Tensor:
-        values = tf.TensorArray(tf.int64, size=0, dynamic_size=True)
-        for value in dataset:
-            values = values.write(values.size(), value)
-        return values.stack()
-
-    assert gather_all().numpy().tolist() == _expected(3, 2, None)
+    assert collect_in_tf_function(dataset) == _expected(3, 2, None)
 
 
 def test_iterator_stepped_inside_tf_function(tfi: types.ModuleType) -> None:

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Sequence
 import pytest
 import tensorflow as tf
 
-from pipelines import Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, nested_values, \
-    sized_input, to_python
+from pipelines import Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, live_stats_ids, \
+    nested_values, run_session_until_end, sized_input, the_new_stats_entry, to_python
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -75,23 +75,17 @@ def test_deterministic_keeps_the_order(tfi: types.ModuleType, setup: Dict[str, A
                                      setup["prefetch_input_elements"])
 
 
-def _new_entry(tfi: types.ModuleType, before: set) -> Dict[str, Any]:
-    entries = [entry for entry in tfi.stats() if entry["id"] not in before]
-    assert len(entries) == 1, entries
-    return entries[0]
-
-
 def test_stats_count_staged_elements(tfi: types.ModuleType) -> None:
     sizes = (4, 3, 3)
     straggler = Straggler()
     dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2)
 
     def go() -> Dict[str, Any]:
-        before = {entry["id"] for entry in tfi.stats()}
+        before = live_stats_ids(tfi)
         iterator = iter(dataset)
         try:
             taken = [int(next(iterator)) for _ in range(6)]
-            entry = _new_entry(tfi, before)
+            entry = the_new_stats_entry(tfi, before)
         finally:
             straggler.release()
         assert sorted(taken) == _others(sizes, held=0)
@@ -110,12 +104,12 @@ def test_stats_count_no_staged_elements_when_deterministic(tfi: types.ModuleType
     dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=False, cycle_length=1, prefetch_input_elements=2)
 
     def go() -> Dict[str, Any]:
-        before = {entry["id"] for entry in tfi.stats()}
+        before = live_stats_ids(tfi)
         timer = straggler.release_later(0.2)
         try:
             iterator = iter(dataset)
             values = [int(value) for value in iterator]
-            entry = _new_entry(tfi, before)
+            entry = the_new_stats_entry(tfi, before)
         finally:
             timer.cancel()
             straggler.release()
@@ -200,12 +194,7 @@ def test_tf_function_and_graph_mode_take_staged_elements(tfi: types.ModuleType) 
                     before = [to_python(session.run(next_element)) for _ in range(len(others))]
                 finally:
                     graph_straggler.release()
-                after = []
-                while True:
-                    try:
-                        after.append(to_python(session.run(next_element)))
-                    except tf.errors.OutOfRangeError:
-                        return before + after
+                return before + run_session_until_end(session, next_element)
 
     values = bounded(in_graph)
     assert not graph_straggler.timed_out

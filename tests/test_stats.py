@@ -16,11 +16,7 @@ import collections
 import gc
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import types
@@ -29,7 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded, run_child_script
+from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded, live_stats_ids, new_stats_entries, \
+    run_child_script, the_new_stats_entry
 from reference_model import interleave_order
 
 MODES = [False, True]
@@ -60,18 +57,9 @@ INPUT_KEYS = {
 
 
 
-def live_ids(tfi: types.ModuleType) -> set:
-    return {entry["id"] for entry in tfi.stats()}
-
-
-def new_entries(tfi: types.ModuleType, before: set) -> List[Dict[str, Any]]:
-    return [entry for entry in tfi.stats() if entry["id"] not in before]
-
-
-def the_new_entry(tfi: types.ModuleType, before: set) -> Dict[str, Any]:
-    fresh = new_entries(tfi, before)
-    assert len(fresh) == 1, f"expected one new live iterator in stats(), got {fresh}"
-    return fresh[0]
+live_ids = live_stats_ids
+new_entries = new_stats_entries
+the_new_entry = the_new_stats_entry
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import bounded, to_python
+from pipelines import bounded, live_stats_ids, run_session_until_end, the_new_stats_entry, to_python
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -58,14 +58,13 @@ def _check_sloppy(values: List[int]) -> None:
 
 
 def _drain_with_stats(tfi: types.ModuleType, dataset: tf.data.Dataset) -> Tuple[List[int], Dict[str, Any]]:
-    before = {entry["id"] for entry in tfi.stats()}
+    before = live_stats_ids(tfi)
     iterator = iter(dataset)
     # Stop one short of the end: the iterator leaves stats() once it has ended.
     order = [to_python(next(iterator)) for _ in range(sum(SIZES) - 1)]
-    entries = [entry for entry in tfi.stats() if entry["id"] not in before]
+    entry = the_new_stats_entry(tfi, before)
     order += [to_python(element) for element in iterator]
-    assert len(entries) == 1, entries
-    return order, entries[0]
+    return order, entry
 
 
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
@@ -94,13 +93,8 @@ def test_promotion_in_a_tf_function_and_a_graph(tfi: types.ModuleType) -> None:
     def in_graph() -> List[int]:
         with tf.Graph().as_default():
             next_element = tf.compat.v1.data.make_one_shot_iterator(_dataset(tfi, sloppy=True)).get_next()
-            out = []
             with tf.compat.v1.Session() as session:
-                while True:
-                    try:
-                        out.append(int(session.run(next_element)))
-                    except tf.errors.OutOfRangeError:
-                        return out
+                return run_session_until_end(session, next_element)
 
     _check_sloppy(bounded(in_graph))
 

@@ -21,7 +21,7 @@ from typing import Callable, List
 import pytest
 import tensorflow as tf
 
-from pipelines import run_session_until_end
+from pipelines import collect_in_tf_function, run_session_until_end
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -69,16 +69,7 @@ def _elements(tfi: types.ModuleType, inputs: int, map_func: Callable, cycle_leng
     if run_mode == "eager":
         return sorted(int(x) for x in make())
     if run_mode == "tf.function":
-        dataset = make()
-
-        @tf.function
-        def collect() -> tf.Tensor:
-            values = tf.TensorArray(tf.int64, size=0, dynamic_size=True)
-            for x in dataset:
-                values = values.write(values.size(), x)
-            return values.stack()
-
-        return sorted(int(x) for x in collect().numpy())
+        return sorted(collect_in_tf_function(make()))
     with tf.Graph().as_default():
         next_element = tf.compat.v1.data.make_one_shot_iterator(make()).get_next()
         with tf.compat.v1.Session() as session:

@@ -1043,6 +1043,15 @@ class Simulation {
     return staged;
   }
 
+  // Marks sources the scheduler released; only finished ones, each once.
+  void Accept(const std::vector<int64_t>& released) {
+    for (int64_t source : released) {
+      CHECK(!released_[source]) << "released twice: " << source;
+      CHECK(StateOf(source) == kFinished) << "released unfinished " << source;
+      released_[source] = true;
+    }
+  }
+
   // What the pool does after kWaitForAny: asks staging for an element.
   Decision ConsultStaging() {
     const std::vector<int64_t> staged = Staged();
@@ -1056,11 +1065,7 @@ class Simulation {
           return StateOf(source);
         },
         &released);
-    for (int64_t source : released) {
-      CHECK(!released_[source]) << "released twice: " << source;
-      CHECK(StateOf(source) == kFinished) << "released unfinished " << source;
-      released_[source] = true;
-    }
+    Accept(released);
     CHECK(scheduler_->state().cycle == cycle) << "staging changed the cycle";
     if (d.kind == Kind::kEmit) {
       CHECK(std::find(staged.begin(), staged.end(), d.source) !=
@@ -1104,11 +1109,7 @@ class Simulation {
           return random_() % 4 == 0 ? static_cast<int64_t>(random_() % 100)
                                     : 0;
         });
-    for (int64_t source : released) {
-      CHECK(!released_[source]) << "released twice: " << source;
-      CHECK(StateOf(source) == kFinished) << "released unfinished " << source;
-      released_[source] = true;
-    }
+    Accept(released);
     const State& state = scheduler_->state();
     std::vector<int64_t> live = scheduler_->LiveSources();
     switch (d.kind) {
