@@ -10,6 +10,7 @@ OP_LIBRARY_SRCS = [
     "cc/kernels/interleave_scheduler.cc",
     "cc/kernels/interleave_stats.cc",
     "cc/kernels/source_pool.cc",
+    "cc/kernels/source_pool_checkpoint.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
     "cc/ops/parallel_interleave_ops.cc",
 ]

@@ -48,7 +48,9 @@
 //    busy when every source blocks), and exit once the input has ended and
 //    every source is drained.
 //  - `Save` pauses the workers: none starts a task while a pause is
-//    requested, and `Save` waits until the tasks under way end.
+//    requested, and `Save` waits until the tasks under way end. Saving and
+//    restoring are in source_pool_checkpoint.cc, the record's encoding in
+//    checkpoint_io.h.
 //
 // Invariants (under `mu_`):
 //  1. A source is held by exactly one seat from the moment its input element
@@ -372,6 +374,13 @@ class SourcePool : public StatsSource {
   std::string WaitTargetLabel(ConsumerWait reason, int64_t source) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  InputStats StatsOf(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A file name when the input element is one scalar string, else its index.
+  static std::string LabelOf(const std::vector<tensorflow::Tensor>& element,
+                             int64_t source);
+
+  // Checkpoints (source_pool_checkpoint.cc, like `Save` and `Restore`).
+  // Fails unless the checkpoint's arguments are this pool's.
   absl::Status CheckArguments(int64_t cycle_length, int64_t block_length,
                               int64_t buffer_output_elements,
                               int64_t prefetch_input_elements,
@@ -381,7 +390,6 @@ class SourcePool : public StatsSource {
                           const std::string& name, bool symbolic,
                           const std::unique_ptr<tensorflow::data::IteratorBase>&
                               input) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  InputStats StatsOf(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What a checkpoint holds of the seat's source.
   SourceRecord RecordOf(const Seat& seat, bool symbolic) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
