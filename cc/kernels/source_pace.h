@@ -41,6 +41,8 @@ class SourcePace {
   static constexpr int64_t kStallNanos = 1000 * 1000;
   static constexpr int64_t kStallsToBlock = 2;
   static constexpr int64_t kProvenCalls = 64;
+  // A call that has run this long blocks (see `Blocking`).
+  static constexpr int64_t kBlockedCallNanos = 10 * 1000 * 1000;
 
   // One call to the source's iterator (an element, its end or an error)
   // took `nanos`. The first call after opening is not counted in the
@@ -84,6 +86,18 @@ class SourcePace {
   }
 
   bool blocks() const { return stalls_ >= kStallsToBlock; }
+  // Whether the source blocks right now, for a sloppy consumer deciding to
+  // take a staged source's element instead of waiting: slow per element on
+  // average (a remote read, a sleep), or in a call that has run longer than
+  // kBlockedCallNanos. Shorter calls may only be waiting for a core; on a
+  // machine busy with the other sources' work, taking from staging then
+  // spreads the reading over more inputs for nothing (more memory touched,
+  // more page faults).
+  bool Blocking(int64_t now_nanos) const {
+    if (calls_ >= 2 && average_nanos_ > kStallNanos) return true;
+    return running_since_nanos_ > 0 &&
+           now_nanos - running_since_nanos_ > kBlockedCallNanos;
+  }
   // Many calls and not one stall: a sloppy consumer may produce inline
   // (it would keep other sources' ready elements waiting if a call blocked).
   bool proven() const { return calls_ > kProvenCalls && stalls_ == 0; }

@@ -296,7 +296,11 @@ SourcePool::Task SourcePool::NextTask() {
       if (!HasWork(*seat)) continue;
       task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       task.seat = seat;
-      if (task.kind == TaskKind::kProduce) NoteCallStart(seat);
+      if (task.kind == TaskKind::kProduce) {
+        NoteCallStart(seat);
+      } else if (options_.sloppy) {
+        seat->open_since_nanos = EnvTime::NowNanos();
+      }
       break;
     }
     if (task.kind == TaskKind::kNone) return task;
@@ -824,6 +828,18 @@ std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
   return pending;
 }
 
+bool SourcePool::CycleBlocks(int64_t now_nanos) const {
+  for (const Seat* seat : PendingCycleSeats()) {
+    if (seat->pace.Blocking(now_nanos)) return true;
+    // An open (`map_func`, making the iterator) counts like a call.
+    if (seat->claimed && seat->needs_open && seat->open_since_nanos > 0 &&
+        now_nanos - seat->open_since_nanos > SourcePace::kBlockedCallNanos) {
+      return true;
+    }
+  }
+  return false;
+}
+
 std::string SourcePool::WaitTargetLabel(ConsumerWait reason,
                                         int64_t source) const {
   switch (reason) {
@@ -890,7 +906,14 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   // Whatever the consumer waits for may sit in the queue of a lazy refill.
   WakeForRemainingWork();
   callbacks_.record_stop(ctx);
-  if (options_.stall_warning_seconds <= 0) {
+  const bool recheck = recheck_staging_;
+  recheck_staging_ = false;
+  if (recheck) {
+    // Sloppy, with the cycle busy but not blocked: ask again soon, since a
+    // call under way may come to count as blocking.
+    consumer_cond_var_.wait_for(
+        lock, std::chrono::nanoseconds(SourcePace::kStallNanos));
+  } else if (options_.stall_warning_seconds <= 0) {
     consumer_cond_var_.wait(lock);
   } else {
     const int64_t stall_nanos =
@@ -997,10 +1020,17 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       // produced here first (it would otherwise wait for a worker), then a
       // staged source's ready element beats waiting.
       if (ProduceInlineForCycle(l)) continue;
-      released_.clear();
-      decision = scheduler_.NextFromStaging(state_of, &released_);
-      if (decision.kind == Kind::kEmit) ++staged_elements_;
-      skip_status = ReleaseSources();
+      if (CycleBlocks(EnvTime::NowNanos())) {
+        released_.clear();
+        decision = scheduler_.NextFromStaging(state_of, &released_);
+        if (decision.kind == Kind::kEmit) ++staged_elements_;
+        skip_status = ReleaseSources();
+      } else {
+        // The cycle's sources are only busy (a saturated CPU, a hand-off
+        // under way): taking staged elements would spread the reading over
+        // every seat for nothing. Ask again once a call may have blocked.
+        recheck_staging_ = true;
+      }
     }
     if (!skip_status.ok()) {
       // One skip too many: the error takes the place where that input

@@ -35,7 +35,10 @@
 //    source costs per element (`SourcePace::StragglerCostNanos`), so that a
 //    straggler waiting in staging enters the cycle ahead of faster sources;
 //    and when no source of the cycle has an element ready (nor a cheap one
-//    to produce), it takes a staged source's instead of waiting.
+//    to produce) and one of them blocks (`SourcePace::Blocking`), it takes
+//    a staged source's instead of waiting. Sources that are only waiting
+//    for a core do not count: on a saturated machine, reading staged
+//    sources as well only spreads the same work over more memory.
 //  - Functions that a worker's call runs (`map_func`, a nested dataset's own
 //    functions) execute on that worker, not on the inter-op pool, whose few
 //    threads would cap how many slow opens overlap; closures scheduled from
@@ -208,6 +211,8 @@ class SourcePool : public StatsSource {
     absl::Status input_error;   // Pulling the input element failed.
     // Who produces the source's elements, and when (see source_pace.h).
     SourcePace pace;
+    // Sloppy: when the open under way started (a clock reading).
+    int64_t open_since_nanos = 0;
     int64_t produced = 0;  // Elements (and errors) the source has produced.
     int64_t delivered = 0;  // Elements (and errors) the consumer has taken.
     int64_t delivered_bytes = 0;
@@ -370,6 +375,10 @@ class SourcePool : public StatsSource {
   void WaitAsConsumer(tensorflow::data::IteratorContext* ctx,
                       tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Sloppy: whether a source of the cycle that has nothing ready blocks
+  // (`SourcePace::Blocking`, or an open that has run as long), so that
+  // staged sources' elements should go first.
+  bool CycleBlocks(int64_t now_nanos) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Names what the consumer waits on, for stats and warnings.
   std::string WaitTargetLabel(ConsumerWait reason, int64_t source) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -456,6 +465,9 @@ class SourcePool : public StatsSource {
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;
   // Sloppy: elements taken from staged sources (stats only).
   int64_t staged_elements_ TF_GUARDED_BY(mu_) = 0;
+  // Sloppy: the consumer's next wait ends after `SourcePace::kStallNanos`
+  // at most, to ask again whether the cycle blocks (`CycleBlocks`).
+  bool recheck_staging_ TF_GUARDED_BY(mu_) = false;
   int64_t delivered_bytes_ TF_GUARDED_BY(mu_) = 0;
   int64_t consumer_wait_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t retries_ TF_GUARDED_BY(mu_) = 0;

@@ -51,6 +51,41 @@ TEST(StragglerCostLeavesOutTheOpenAndCheapSources) {
   CHECK_EQ(cheap.StragglerCostNanos(kNow), 0);
 }
 
+TEST(BlockingNeedsASlowAverageOrALongCallUnderWay) {
+  constexpr int64_t kMillis = 1000 * kMicros;
+  constexpr int64_t kNow = 1000 * kMillis;
+  SourcePace pace;
+  CHECK(!pace.Blocking(kNow)) << "nothing known, nothing under way";
+  // A first call (an open) that has run for 30 ms blocks; one of 5 ms may
+  // only be waiting for a core.
+  pace.CallStarted(kNow - 5 * kMillis);
+  CHECK(!pace.Blocking(kNow));
+  pace.CallStarted(kNow - 30 * kMillis);
+  CHECK(pace.Blocking(kNow));
+  pace.Record(30 * kMillis);
+  CHECK(!pace.Blocking(kNow)) << "the open is not averaged";
+  // Cheap elements, with a few preempted calls over kStallNanos among them.
+  RecordMany(&pace, 20, 80 * kMicros);
+  pace.Record(3 * kMillis);
+  RecordMany(&pace, 5, 80 * kMicros);
+  CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
+  pace.CallStarted(kNow - SourcePace::kBlockedCallNanos);
+  CHECK(!pace.Blocking(kNow)) << "exactly the limit is not over it";
+  pace.CallStarted(kNow - SourcePace::kBlockedCallNanos - 1);
+  CHECK(pace.Blocking(kNow));
+  pace.Record(12 * kMillis);
+  CHECK(pace.Blocking(kNow)) << "a call that long weighs in the average";
+  RecordMany(&pace, 8, 80 * kMicros);
+  CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
+  // Elements that each wait over kStallNanos (a sleep, a remote read).
+  SourcePace slow;
+  RecordMany(&slow, 4, 1200 * kMicros);
+  CHECK(slow.Blocking(kNow)) << slow.average_nanos();
+  SourcePace borderline;
+  RecordMany(&borderline, 4, SourcePace::kStallNanos);
+  CHECK(!borderline.Blocking(kNow)) << borderline.average_nanos();
+}
+
 TEST(FirstCallIsNotAveraged) {
   // A 50 ms open followed by cheap elements: inline from the second call.
   SourcePace pace;
