@@ -98,6 +98,13 @@ class SourcePace {
     return running_since_nanos_ > 0 &&
            now_nanos - running_since_nanos_ > kBlockedCallNanos;
   }
+  // The clock reading from which the call under way makes `Blocking` true;
+  // 0 when no call is under way.
+  int64_t BlockingFromNanos() const {
+    return running_since_nanos_ > 0
+               ? running_since_nanos_ + kBlockedCallNanos + 1
+               : 0;
+  }
   // Many calls and not one stall: a sloppy consumer may produce inline
   // (it would keep other sources' ready elements waiting if a call blocked).
   bool proven() const { return calls_ > kProvenCalls && stalls_ == 0; }

@@ -828,16 +828,23 @@ std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
   return pending;
 }
 
-bool SourcePool::CycleBlocks(int64_t now_nanos) const {
+int64_t SourcePool::CycleBlocksFrom(int64_t now_nanos) const {
+  // Without a call or open under way (one queued for a worker), nothing
+  // says when the cycle would block: ask again after kStallNanos.
+  int64_t from = now_nanos + SourcePace::kStallNanos;
   for (const Seat* seat : PendingCycleSeats()) {
-    if (seat->pace.Blocking(now_nanos)) return true;
+    if (seat->pace.Blocking(now_nanos)) return now_nanos;
+    int64_t seat_from = seat->pace.BlockingFromNanos();
     // An open (`map_func`, making the iterator) counts like a call.
-    if (seat->claimed && seat->needs_open && seat->open_since_nanos > 0 &&
-        now_nanos - seat->open_since_nanos > SourcePace::kBlockedCallNanos) {
-      return true;
+    if (seat->claimed && seat->needs_open && seat->open_since_nanos > 0) {
+      seat_from =
+          seat->open_since_nanos + SourcePace::kBlockedCallNanos + 1;
     }
+    if (seat_from == 0) continue;
+    if (seat_from <= now_nanos) return now_nanos;
+    from = std::min(from, seat_from);
   }
-  return false;
+  return from;
 }
 
 std::string SourcePool::WaitTargetLabel(ConsumerWait reason,
@@ -906,13 +913,15 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   // Whatever the consumer waits for may sit in the queue of a lazy refill.
   WakeForRemainingWork();
   callbacks_.record_stop(ctx);
-  const bool recheck = recheck_staging_;
-  recheck_staging_ = false;
-  if (recheck) {
-    // Sloppy, with the cycle busy but not blocked: ask again soon, since a
-    // call under way may come to count as blocking.
-    consumer_cond_var_.wait_for(
-        lock, std::chrono::nanoseconds(SourcePace::kStallNanos));
+  const int64_t recheck_at = recheck_staging_at_nanos_;
+  recheck_staging_at_nanos_ = 0;
+  if (recheck_at > 0) {
+    // Sloppy, with the cycle busy but not blocked: ask again when a call
+    // under way would come to count as blocking, if nothing comes first.
+    const int64_t remaining = recheck_at - EnvTime::NowNanos();
+    if (remaining > 0) {
+      consumer_cond_var_.wait_for(lock, std::chrono::nanoseconds(remaining));
+    }
   } else if (options_.stall_warning_seconds <= 0) {
     consumer_cond_var_.wait(lock);
   } else {
@@ -1020,7 +1029,9 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       // produced here first (it would otherwise wait for a worker), then a
       // staged source's ready element beats waiting.
       if (ProduceInlineForCycle(l)) continue;
-      if (CycleBlocks(EnvTime::NowNanos())) {
+      const int64_t now_nanos = EnvTime::NowNanos();
+      const int64_t blocks_from = CycleBlocksFrom(now_nanos);
+      if (blocks_from <= now_nanos) {
         released_.clear();
         decision = scheduler_.NextFromStaging(state_of, &released_);
         if (decision.kind == Kind::kEmit) ++staged_elements_;
@@ -1029,7 +1040,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         // The cycle's sources are only busy (a saturated CPU, a hand-off
         // under way): taking staged elements would spread the reading over
         // every seat for nothing. Ask again once a call may have blocked.
-        recheck_staging_ = true;
+        recheck_staging_at_nanos_ = blocks_from;
       }
     }
     if (!skip_status.ok()) {

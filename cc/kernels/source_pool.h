@@ -375,10 +375,12 @@ class SourcePool : public StatsSource {
   void WaitAsConsumer(tensorflow::data::IteratorContext* ctx,
                       tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Sloppy: whether a source of the cycle that has nothing ready blocks
+  // Sloppy: from when a source of the cycle that has nothing ready blocks
   // (`SourcePace::Blocking`, or an open that has run as long), so that
-  // staged sources' elements should go first.
-  bool CycleBlocks(int64_t now_nanos) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // staged sources' elements should go first: `now_nanos` if one blocks
+  // already, else when the first call or open under way would.
+  int64_t CycleBlocksFrom(int64_t now_nanos) const
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Names what the consumer waits on, for stats and warnings.
   std::string WaitTargetLabel(ConsumerWait reason, int64_t source) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -465,9 +467,9 @@ class SourcePool : public StatsSource {
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;
   // Sloppy: elements taken from staged sources (stats only).
   int64_t staged_elements_ TF_GUARDED_BY(mu_) = 0;
-  // Sloppy: the consumer's next wait ends after `SourcePace::kStallNanos`
-  // at most, to ask again whether the cycle blocks (`CycleBlocks`).
-  bool recheck_staging_ TF_GUARDED_BY(mu_) = false;
+  // Sloppy: when not 0, the consumer's next wait ends at this clock reading
+  // at the latest, to ask again whether the cycle blocks (`CycleBlocksFrom`).
+  int64_t recheck_staging_at_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t delivered_bytes_ TF_GUARDED_BY(mu_) = 0;
   int64_t consumer_wait_nanos_ TF_GUARDED_BY(mu_) = 0;
   int64_t retries_ TF_GUARDED_BY(mu_) = 0;

@@ -71,9 +71,13 @@ TEST(BlockingNeedsASlowAverageOrALongCallUnderWay) {
   CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
   pace.CallStarted(kNow - SourcePace::kBlockedCallNanos);
   CHECK(!pace.Blocking(kNow)) << "exactly the limit is not over it";
+  // The consumer waits until then before it asks again.
+  CHECK_EQ(pace.BlockingFromNanos(), kNow + 1);
+  CHECK(pace.Blocking(pace.BlockingFromNanos()));
   pace.CallStarted(kNow - SourcePace::kBlockedCallNanos - 1);
   CHECK(pace.Blocking(kNow));
   pace.Record(12 * kMillis);
+  CHECK_EQ(pace.BlockingFromNanos(), 0) << "no call under way";
   CHECK(pace.Blocking(kNow)) << "a call that long weighs in the average";
   RecordMany(&pace, 8, 80 * kMicros);
   CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
