@@ -135,13 +135,15 @@ def main() -> int:
   common = ["--data-dir", data_dir] + (["--quick"] if args.quick else [])
 
   started = time.time()
-  if "io" in names:
-    print("writing TFRecord shards (once) ...", file=sys.stderr, flush=True)
-    _, error = run_process(["--workload", "io", "--prepare", *common],
-                           timeout)
-    if error:
-      print(f"preparing io failed: {error}", file=sys.stderr)
-      return 1
+  for name in names:
+    if workloads.workload(name, args.quick).reads_tfrecords:
+      print(f"writing {name}'s TFRecord shards (once) ...", file=sys.stderr,
+            flush=True)
+      _, error = run_process(["--workload", name, "--prepare", *common],
+                             timeout)
+      if error:
+        print(f"preparing {name} failed: {error}", file=sys.stderr)
+        return 1
 
   todo = plan(names, repetitions, noise_floor, args.seed, args.quick)
   runs = []

@@ -4,6 +4,7 @@ Usage:
   python bench/run_one.py --workload overhead --contender "legacy [sloppy]" \
       [--contender ...] [--quick] [--data-dir DIR] [--json]
   python bench/run_one.py --workload io --prepare [--quick] --data-dir DIR
+      (writes the TFRecord shards of io or io_large)
 
 Reads the whole pipeline once (interleave, then batch) and reports elements,
 wall seconds from iterator creation to the last element, process CPU seconds
@@ -148,7 +149,7 @@ def main() -> None:
                       help="e.g. 'tf_interleave [sloppy]'; repeatable")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--data-dir", default=None,
-                      help="where the io workload's TFRecord shards live")
+                      help="where the TFRecord workloads' shards live")
   parser.add_argument("--prepare", action="store_true",
                       help="only write the workload's data, if any")
   parser.add_argument("--json", action="store_true",
@@ -159,7 +160,7 @@ def main() -> None:
   data_root = args.data_dir or os.path.join(tempfile.gettempdir(),
                                             "tf_interleave_bench")
   if args.prepare:
-    if w.name == "io":
+    if w.reads_tfrecords:
       workloads.write_tfrecords(w, data_root)
     return
   if not args.contender:

@@ -67,11 +67,16 @@ class Workload:
   straggler_every: int = 0   # One input in this many is slower...
   straggler_factor: int = 1  # ...by this factor.
   open_us: int = 0       # Before a nested dataset's first element.
-  record_bytes: int = 0  # TFRecord record size (io).
+  record_bytes: int = 0  # TFRecord record size (io, io_large).
 
   @property
   def elements(self) -> int:
     return self.inputs * self.per_input
+
+  @property
+  def reads_tfrecords(self) -> bool:
+    """Whether the workload reads TFRecord shards that must be written first."""
+    return self.record_bytes > 0
 
   def params(self) -> Dict[str, int]:
     return {k: v for k, v in dataclasses.asdict(self).items()
@@ -100,7 +105,7 @@ class Workload:
     return limits
 
   def data_dir(self, root: str) -> str:
-    """Where the TFRecord shards of `io` live (named after their shape)."""
+    """Where the TFRecord shards live (named after their shape)."""
     key = json.dumps([self.inputs, self.per_input, self.record_bytes])
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return os.path.join(root, f"tfrecords-{digest}")
@@ -114,6 +119,11 @@ _FULL = [
     Workload("io", "TFRecord shards on local disk (page cache warm)",
              cycle_length=8, block_length=1, inputs=32, per_input=4096,
              batch_size=256, record_bytes=2048),
+    # Records the size of an encoded image: each one is a fresh 100 KB
+    # allocation, so how the readers use memory shows, not only scheduling.
+    Workload("io_large", "TFRecord shards of large records (100 KB, like "
+             "encoded images)", cycle_length=8, block_length=1, inputs=32,
+             per_input=256, batch_size=32, record_bytes=100 * 1024),
     Workload("latency", "every element takes a fixed latency (sleep)",
              cycle_length=8, block_length=1, inputs=32, per_input=256,
              batch_size=64, latency_us=1000),
@@ -135,6 +145,7 @@ _FULL = [
 _QUICK = {
     "overhead": dict(inputs=40, per_input=128),
     "io": dict(inputs=32, per_input=64),
+    "io_large": dict(inputs=16, per_input=4),
     "latency": dict(inputs=32, per_input=8),
     "stragglers": dict(inputs=32, per_input=4),
     "slow_open": dict(inputs=24, per_input=16, open_us=20000),
@@ -157,7 +168,7 @@ HEADER_BYTES = 16  # "shard:index:" prefix of each TFRecord record.
 
 
 def write_tfrecords(w: Workload, root: str) -> List[str]:
-  """Writes the shards of `io` once; later calls reuse them."""
+  """Writes a TFRecord workload's shards once; later calls reuse them."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   folder = w.data_dir(root)
@@ -184,7 +195,7 @@ def build_dataset(w: Workload, contender: Contender,
   """The measured pipeline: interleave, batch, then int64 fingerprints.
 
   Each batch becomes an int64 vector (the elements themselves, or a hash of
-  each record's header for `io`) so that the runner can check the elements
+  each record's header for the TFRecord workloads) so that the runner can check the elements
   and their order cheaply.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -195,7 +206,7 @@ def build_dataset(w: Workload, contender: Contender,
   if w.name == "overhead":
     inputs = tf.data.Dataset.range(w.inputs)
     map_func = lambda x: tf.data.Dataset.range(x * k, (x + 1) * k)
-  elif w.name == "io":
+  elif w.reads_tfrecords:
     paths = write_tfrecords(w, data_root)
     inputs = tf.data.Dataset.from_tensor_slices(paths)
     map_func = tf.data.TFRecordDataset
@@ -249,7 +260,7 @@ def build_dataset(w: Workload, contender: Contender,
     raise ValueError(impl)
 
   ds = ds.batch(w.batch_size)
-  if w.name == "io":
+  if w.reads_tfrecords:
     ds = ds.map(lambda b: tf.strings.to_hash_bucket_fast(
         tf.strings.substr(b, 0, HEADER_BYTES), 2**62))
   return ds
