@@ -188,6 +188,19 @@ class Straggler:
 
         return map_func
 
+    def open_map_func(self, sizes: Sequence[int], straggler: int) -> MapFunc:
+        """``sized_map_func(sizes)`` that holds input ``straggler`` while opening it.
+
+        The wait is in ``map_func`` itself, before the nested dataset exists (a
+        slow file open), not in the nested dataset's elements.
+        """
+        base_map_func = sized_map_func(sizes)
+
+        def map_func(index: tf.Tensor) -> tf.data.Dataset:
+            return base_map_func(self.gate(index, tf.equal(index, straggler)))
+
+        return map_func
+
     def input(self, sizes: Sequence[int], held_index: int) -> tf.data.Dataset:
         """``sized_input(sizes)`` that holds back its element ``held_index``."""
         return sized_input(sizes).map(lambda index: self.gate(index, tf.equal(index, held_index)))

@@ -61,6 +61,12 @@ class SourcePace {
   // A call to the source's iterator starts at `now_nanos` (a clock reading);
   // `Record` ends it.
   void CallStarted(int64_t now_nanos) { running_since_nanos_ = now_nanos; }
+  // Opening the source (`map_func`, making its iterator) starts at
+  // `now_nanos`. It blocks the source like a call under way (`Blocking`)
+  // but says nothing about its elements' cost, so `OpenEnded` ends it
+  // without averaging it.
+  void OpenStarted(int64_t now_nanos) { running_since_nanos_ = now_nanos; }
+  void OpenEnded() { running_since_nanos_ = 0; }
 
   // A new or reopened source: nothing is known about it.
   void Reset() { *this = SourcePace(); }
@@ -88,8 +94,8 @@ class SourcePace {
   bool blocks() const { return stalls_ >= kStallsToBlock; }
   // Whether the source blocks right now, for a sloppy consumer deciding to
   // take a staged source's element instead of waiting: slow per element on
-  // average (a remote read, a sleep), or in a call that has run longer than
-  // kBlockedCallNanos. Shorter calls may only be waiting for a core; on a
+  // average (a remote read, a sleep), or in a call or open that has run
+  // longer than kBlockedCallNanos. Shorter calls may only be waiting for a core; on a
   // machine busy with the other sources' work, taking from staging then
   // spreads the reading over more inputs for nothing (more memory touched,
   // more page faults).
@@ -98,8 +104,8 @@ class SourcePace {
     return running_since_nanos_ > 0 &&
            now_nanos - running_since_nanos_ > kBlockedCallNanos;
   }
-  // The clock reading from which the call under way makes `Blocking` true;
-  // 0 when no call is under way.
+  // The clock reading from which the call or open under way makes
+  // `Blocking` true; 0 when none is under way.
   int64_t BlockingFromNanos() const {
     return running_since_nanos_ > 0
                ? running_since_nanos_ + kBlockedCallNanos + 1
@@ -115,7 +121,7 @@ class SourcePace {
   int64_t last_nanos_ = 0;
   int64_t average_nanos_ = 0;
   int64_t stalls_ = 0;
-  int64_t running_since_nanos_ = 0;  // 0: no call under way.
+  int64_t running_since_nanos_ = 0;  // 0: no call or open under way.
 };
 
 // Where the sources of one interleave block at their end. Many inputs pay

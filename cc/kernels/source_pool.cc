@@ -299,7 +299,7 @@ SourcePool::Task SourcePool::NextTask() {
       if (task.kind == TaskKind::kProduce) {
         NoteCallStart(seat);
       } else if (options_.sloppy) {
-        seat->open_since_nanos = EnvTime::NowNanos();
+        seat->pace.OpenStarted(EnvTime::NowNanos());
       }
       break;
     }
@@ -533,6 +533,7 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
       Offer(seat, /*urgent=*/true);
       return;
     case TaskKind::kOpen:
+      seat->pace.OpenEnded();
       if (task->status.ok()) {
         seat->needs_open = false;
         if (seat->stop_at >= 0 && seat->produced >= seat->stop_at) {
@@ -834,12 +835,7 @@ int64_t SourcePool::CycleBlocksFrom(int64_t now_nanos) const {
   int64_t from = now_nanos + SourcePace::kStallNanos;
   for (const Seat* seat : PendingCycleSeats()) {
     if (seat->pace.Blocking(now_nanos)) return now_nanos;
-    int64_t seat_from = seat->pace.BlockingFromNanos();
-    // An open (`map_func`, making the iterator) counts like a call.
-    if (seat->claimed && seat->needs_open && seat->open_since_nanos > 0) {
-      seat_from =
-          seat->open_since_nanos + SourcePace::kBlockedCallNanos + 1;
-    }
+    const int64_t seat_from = seat->pace.BlockingFromNanos();
     if (seat_from == 0) continue;
     if (seat_from <= now_nanos) return now_nanos;
     from = std::min(from, seat_from);

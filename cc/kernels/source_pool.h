@@ -211,8 +211,6 @@ class SourcePool : public StatsSource {
     absl::Status input_error;   // Pulling the input element failed.
     // Who produces the source's elements, and when (see source_pace.h).
     SourcePace pace;
-    // Sloppy: when the open under way started (a clock reading).
-    int64_t open_since_nanos = 0;
     int64_t produced = 0;  // Elements (and errors) the source has produced.
     int64_t delivered = 0;  // Elements (and errors) the consumer has taken.
     int64_t delivered_bytes = 0;
@@ -376,9 +374,10 @@ class SourcePool : public StatsSource {
                       tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sloppy: from when a source of the cycle that has nothing ready blocks
-  // (`SourcePace::Blocking`, or an open that has run as long), so that
-  // staged sources' elements should go first: `now_nanos` if one blocks
-  // already, else when the first call or open under way would.
+  // (`SourcePace::Blocking`: slow on average, or a call or open under way
+  // for long), so that staged sources' elements should go first:
+  // `now_nanos` if one blocks already, else when the first call or open
+  // under way would.
   int64_t CycleBlocksFrom(int64_t now_nanos) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Names what the consumer waits on, for stats and warnings.

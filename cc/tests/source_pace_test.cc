@@ -90,6 +90,27 @@ TEST(BlockingNeedsASlowAverageOrALongCallUnderWay) {
   CHECK(!borderline.Blocking(kNow)) << borderline.average_nanos();
 }
 
+TEST(AnOpenUnderWayBlocksButIsNotAveraged) {
+  constexpr int64_t kMillis = 1000 * kMicros;
+  constexpr int64_t kNow = 1000 * kMillis;
+  SourcePace pace;
+  pace.OpenStarted(kNow - 5 * kMillis);
+  CHECK(!pace.Blocking(kNow)) << "a 5 ms open may only wait for a core";
+  CHECK_EQ(pace.BlockingFromNanos(),
+           kNow - 5 * kMillis + SourcePace::kBlockedCallNanos + 1);
+  CHECK(pace.Blocking(pace.BlockingFromNanos()));
+  CHECK(pace.kind() == Kind::kSlow) << "nothing measured yet";
+  CHECK_EQ(pace.StragglerCostNanos(kNow + 50 * kMillis), 0)
+      << "an open says nothing about the elements' cost";
+  pace.OpenEnded();
+  CHECK_EQ(pace.BlockingFromNanos(), 0) << "no open under way";
+  CHECK(!pace.Blocking(kNow + 50 * kMillis));
+  // Cheap elements after a 50 ms open: the open left no trace.
+  RecordMany(&pace, 3, 5 * kMicros);
+  CHECK(pace.kind() == Kind::kInline) << pace.average_nanos();
+  CHECK(!pace.Blocking(kNow));
+}
+
 TEST(FirstCallIsNotAveraged) {
   // A 50 ms open followed by cheap elements: inline from the second call.
   SourcePace pace;
