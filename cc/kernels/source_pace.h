@@ -95,10 +95,10 @@ class SourcePace {
   // Whether the source blocks right now, for a sloppy consumer deciding to
   // take a staged source's element instead of waiting: slow per element on
   // average (a remote read, a sleep), or in a call or open that has run
-  // longer than kBlockedCallNanos. Shorter calls may only be waiting for a core; on a
-  // machine busy with the other sources' work, taking from staging then
-  // spreads the reading over more inputs for nothing (more memory touched,
-  // more page faults).
+  // longer than kBlockedCallNanos. Shorter calls may only be waiting for a
+  // core; on a machine busy with the other sources' work, taking from
+  // staging then spreads the reading over more inputs for nothing (more
+  // memory touched, more page faults).
   bool Blocking(int64_t now_nanos) const {
     if (calls_ >= 2 && average_nanos_ > kStallNanos) return true;
     return running_since_nanos_ > 0 &&
