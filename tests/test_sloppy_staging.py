@@ -34,6 +34,15 @@ def _dataset(tfi: types.ModuleType, sizes: Sequence[int], straggler: Straggler, 
         buffer_output_elements=buffer_output_elements, prefetch_input_elements=prefetch_input_elements))
 
 
+@tf.function
+def _take(iterator: Any, count: int) -> tf.Tensor:
+    """Takes ``count`` int64 elements (or batches) of ``iterator`` in one ``tf.function`` call."""
+    values = tf.TensorArray(tf.int64, size=count)
+    for i in tf.range(count):
+        values = values.write(i, next(iterator))
+    return values.stack()
+
+
 def _others(sizes: Sequence[int], held: int) -> List[int]:
     return sorted(value for index, values in enumerate(nested_values(sizes)) if index != held
                   for value in values)
@@ -172,25 +181,20 @@ def test_checkpoint_after_staged_elements_keeps_each_element_once(tfi: types.Mod
     assert not straggler.timed_out
 
 
-def test_tf_function_and_graph_mode_take_staged_elements(tfi: types.ModuleType) -> None:
+@pytest.mark.parametrize("held_in_open", [False, True], ids=["held-element", "held-open"])
+def test_tf_function_and_graph_mode_take_staged_elements(tfi: types.ModuleType, held_in_open: bool) -> None:
     """The same in a `tf.function` loop and in a TF1 session."""
     sizes = (3, 2, 2)
     others = _others(sizes, held=0)
 
     straggler = Straggler()
-    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2)
-
-    @tf.function
-    def take(iterator, count: int):
-        values = tf.TensorArray(tf.int64, size=count)
-        for i in tf.range(count):
-            values = values.write(i, next(iterator))
-        return values.stack()
+    dataset = _dataset(tfi, sizes, straggler, held=0, sloppy=True, cycle_length=1, prefetch_input_elements=2,
+                       held_in_open=held_in_open)
 
     def in_function() -> List[int]:
         iterator = iter(dataset)
         try:
-            before = [int(value) for value in take(iterator, len(others))]
+            before = [int(value) for value in _take(iterator, len(others))]
         finally:
             straggler.release()
         return before + [int(value) for value in iterator]
@@ -204,7 +208,7 @@ def test_tf_function_and_graph_mode_take_staged_elements(tfi: types.ModuleType) 
     def in_graph() -> List[int]:
         with tf.Graph().as_default():
             graph_dataset = _dataset(tfi, sizes, graph_straggler, held=0, sloppy=True, cycle_length=1,
-                                     prefetch_input_elements=2)
+                                     prefetch_input_elements=2, held_in_open=held_in_open)
             next_element = tf.compat.v1.data.make_one_shot_iterator(graph_dataset).get_next()
             with tf.compat.v1.Session() as session:
                 try:
@@ -251,20 +255,13 @@ def test_busy_but_not_blocked_cycle_keeps_staged_inputs_waiting(tfi: types.Modul
     # Every batch but the last, then the stats entry, then the last batch.
     first_batches = len(expected) // BATCH - 1
 
-    @tf.function
-    def take(iterator, count: int):
-        batches = tf.TensorArray(tf.int64, size=count)
-        for i in tf.range(count):
-            batches = batches.write(i, next(iterator))
-        return batches.stack()
-
     def eager_or_function() -> Tuple[List[int], Dict[str, Any]]:
         before = live_stats_ids(tfi)
         iterator = iter(_short_calls_dataset(tfi))
         if mode == "eager":
             batches = [next(iterator).numpy() for _ in range(first_batches)]
         else:
-            batches = list(take(iterator, first_batches).numpy())
+            batches = list(_take(iterator, first_batches).numpy())
         entry = the_new_stats_entry(tfi, before)
         batches += [batch.numpy() for batch in iterator]
         return [int(value) for batch in batches for value in batch], entry
