@@ -14,6 +14,8 @@ one-thread-pool cases fail: that is the improvement these tests pin down.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import threading
 import types
 from typing import Callable, List
@@ -112,3 +114,52 @@ def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, run_mode: str
         1, sloppy, pool_threads=CYCLE_LENGTH, run_mode=run_mode)
     assert elements == list(range(CYCLE_LENGTH))
     assert gate.peak == CYCLE_LENGTH
+
+
+
+# prctl(2): reads the calling thread's timer slack, in nanoseconds (Linux's default: 50,000).
+_PR_GET_TIMERSLACK = 30
+SLACK_READERS = {
+    # `map_func` itself (the open).
+    "map_func": lambda x: tf.data.Dataset.from_tensors(_timer_slack_nanos(x)),
+    # The nested dataset's own function, on each of its elements.
+    "nested_map": lambda x: tf.data.Dataset.range(3).map(_timer_slack_nanos),
+}
+
+
+def _timer_slack_nanos(value: tf.Tensor) -> tf.Tensor:
+    """The timer slack of the thread that runs this op (a ``py_function`` runs on its caller)."""
+    libc = ctypes.CDLL(None)
+
+    def read(_: tf.Tensor) -> int:
+        return libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+
+    slack = tf.py_function(read, [value], tf.int64)
+    slack.set_shape([])
+    return slack
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is a Linux setting")
+@pytest.mark.parametrize("reader", sorted(SLACK_READERS))
+@pytest.mark.parametrize("run_mode", RUN_MODES)
+@pytest.mark.parametrize("sloppy", MODES)
+def test_workers_wait_with_a_tight_timer_slack(tfi: types.ModuleType, run_mode: str, sloppy: bool,
+                                               reader: str) -> None:
+    # A latency-bound input (a sleep, a poll with a timeout) waits on a worker; with the
+    # default slack each wait ends up to 50 us late. `produce_inline=False` keeps every
+    # element off the consumer's thread, which is the caller's and keeps its own slack.
+    def make() -> tf.data.Dataset:
+        return tf.data.Dataset.range(2 * CYCLE_LENGTH).apply(
+            tfi.parallel_interleave(SLACK_READERS[reader], CYCLE_LENGTH, sloppy=sloppy, produce_inline=False))
+
+    if run_mode == "eager":
+        slacks = [int(x) for x in make()]
+    elif run_mode == "tf.function":
+        slacks = collect_in_tf_function(make())
+    else:
+        with tf.Graph().as_default():
+            next_element = tf.compat.v1.data.make_one_shot_iterator(make()).get_next()
+            with tf.compat.v1.Session() as session:
+                slacks = [int(x) for x in run_session_until_end(session, next_element)]
+    assert len(slacks) == 2 * CYCLE_LENGTH * (1 if reader == "map_func" else 3)
+    assert max(slacks) <= 1_000, slacks
