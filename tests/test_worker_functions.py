@@ -10,6 +10,10 @@ time (or a timeout passes); the gate records the most that ever ran together.
 
 The built-in runs these functions on the pool, so against it (see ``conftest.py``) the
 one-thread-pool cases fail: that is the improvement these tests pin down.
+
+Workers also ask for the tightest timer slack; reading it from a function tells which
+kind of thread ran the function, including under nested datasets (``concatenate``,
+``zip``) that pass the context they opened with to calls that another worker makes.
 """
 
 from __future__ import annotations
@@ -124,6 +128,12 @@ SLACK_READERS = {
     "map_func": lambda x: tf.data.Dataset.from_tensors(_timer_slack_nanos(x)),
     # The nested dataset's own function, on each of its elements.
     "nested_map": lambda x: tf.data.Dataset.range(3).map(_timer_slack_nanos),
+    # Nested datasets that make contexts for their inputs when they open (on the worker
+    # that opens them) and pass those to every later call, whichever worker makes it.
+    "nested_concatenate": lambda x: tf.data.Dataset.range(3).map(_timer_slack_nanos).concatenate(
+        tf.data.Dataset.range(0)),
+    "nested_zip": lambda x: tf.data.Dataset.zip(
+        (tf.data.Dataset.range(3).map(_timer_slack_nanos), tf.data.Dataset.range(3))).map(lambda a, _: a),
 }
 
 

@@ -11,6 +11,7 @@
 #include <thread>  // NOLINT(build/c++11): std::this_thread::get_id
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tensorflow/core/lib/gtl/cleanup.h"
@@ -21,6 +22,31 @@
 #include "tensorflow/core/profiler/lib/traceme_encode.h"
 
 namespace tf_interleave {
+
+// The threads of one pool's running workers. A worker's thread id is listed
+// only while it runs, so an id that the system reuses later is not taken
+// for a worker.
+class WorkerThreads {
+ public:
+  void Add(std::thread::id thread) {
+    tensorflow::mutex_lock l(mu_);
+    threads_.insert(thread);
+  }
+  void Remove(std::thread::id thread) {
+    tensorflow::mutex_lock l(mu_);
+    threads_.erase(thread);
+  }
+  bool Contains(std::thread::id thread) const {
+    tensorflow::tf_shared_lock l(mu_);
+    return threads_.contains(thread);
+  }
+
+ private:
+  mutable tensorflow::mutex mu_;
+  absl::flat_hash_set<std::thread::id, std::hash<std::thread::id>> threads_
+      TF_GUARDED_BY(mu_);
+};
+
 namespace {
 
 using ::tensorflow::CancellationManager;
@@ -82,22 +108,24 @@ class ScopedUnlock {
 
 // A worker's context. The functions its calls run (`map_func`, a nested
 // dataset's own functions such as a generator or a `map`) execute on the
-// worker itself rather than queueing on the inter-op pool: the worker waits
-// for them anyway, and the pool's few threads (one per core by default)
-// would otherwise cap how many slow opens or Python functions run at once.
-// Closures scheduled from any other thread, e.g. the threads of a nested
-// parallel `map`, still go to the pool, so nested parallelism is kept; so
-// does everything once the worker has exited (its thread id may be reused).
+// calling worker itself rather than queueing on the inter-op pool: the
+// worker waits for them anyway, and the pool's few threads (one per core by
+// default) would otherwise cap how many slow opens or Python functions run
+// at once. Any worker of the pool counts, not only the one whose context
+// it is: nested datasets such as `concatenate` and `zip` keep the context
+// they opened with and pass it to every later call, which another worker
+// may make. Closures scheduled from any other thread, e.g. the threads of a
+// nested parallel `map`, still go to the pool, so nested parallelism is
+// kept.
 class WorkerContext {
  public:
-  explicit WorkerContext(IteratorContext* base)
-      : on_worker_(std::make_shared<OnWorker>()) {
-    on_worker_->thread = std::this_thread::get_id();
+  WorkerContext(IteratorContext* base, std::shared_ptr<WorkerThreads> workers)
+      : workers_(std::move(workers)) {
+    workers_->Add(std::this_thread::get_id());
     IteratorContext::Params params(base);
-    params.runner = [on_worker = on_worker_, pool_runner = *base->runner()](
+    params.runner = [workers = workers_, pool_runner = *base->runner()](
                         std::function<void()> closure) {
-      if (on_worker->running.load(std::memory_order_acquire) &&
-          std::this_thread::get_id() == on_worker->thread) {
+      if (workers->Contains(std::this_thread::get_id())) {
         closure();
       } else {
         pool_runner(std::move(closure));
@@ -105,20 +133,14 @@ class WorkerContext {
     };
     ctx_ = std::make_unique<IteratorContext>(std::move(params));
   }
-  ~WorkerContext() {
-    on_worker_->running.store(false, std::memory_order_release);
-  }
+  ~WorkerContext() { workers_->Remove(std::this_thread::get_id()); }
   WorkerContext(const WorkerContext&) = delete;
   WorkerContext& operator=(const WorkerContext&) = delete;
 
   IteratorContext* get() const { return ctx_.get(); }
 
  private:
-  struct OnWorker {
-    std::thread::id thread;
-    std::atomic<bool> running{true};
-  };
-  const std::shared_ptr<OnWorker> on_worker_;
+  const std::shared_ptr<WorkerThreads> workers_;
   std::unique_ptr<IteratorContext> ctx_;
 };
 
@@ -141,6 +163,7 @@ SourcePool::SourcePool(const SourcePoolOptions& options,
       callbacks_(std::move(callbacks)),
       num_seats_(options.cycle_length + options.prefetch_input_elements),
       scheduler_(options.cycle_length, options.block_length, options.sloppy),
+      worker_threads_(std::make_shared<WorkerThreads>()),
       inline_pause_elements_(kSloppyInlinePauseElements) {}
 
 SourcePool::~SourcePool() {
@@ -327,7 +350,7 @@ SourcePool::Task SourcePool::NextTask() {
 
 void SourcePool::WorkerThread(int64_t rank) {
   UsePreciseTimers();
-  const WorkerContext worker_ctx(seat_ctx_.get());
+  const WorkerContext worker_ctx(seat_ctx_.get(), worker_threads_);
   IteratorContext* ctx = worker_ctx.get();
   callbacks_.record_start(ctx);
   {

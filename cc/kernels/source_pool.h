@@ -42,7 +42,9 @@
 //  - Functions that a worker's call runs (`map_func`, a nested dataset's own
 //    functions) execute on that worker, not on the inter-op pool, whose few
 //    threads would cap how many slow opens overlap; closures scheduled from
-//    other threads (a nested parallel `map`) still go to the pool.
+//    other threads (a nested parallel `map`) still go to the pool. Workers
+//    ask for the tightest timer slack, so that a source's timed waits (a
+//    sleep, a poll with a timeout) end on time.
 //  - Input elements are pulled by one worker at a time, so sources are
 //    numbered in input order; `map_func` runs on other workers meanwhile, so
 //    a slow input or a slow `map_func` never stalls a consumer that has a
@@ -116,6 +118,8 @@ struct SourcePoolOptions {
   // Names the iterator in stats.
   std::string name;
 };
+
+class WorkerThreads;  // source_pool.cc
 
 // What the pool needs from the dataset it serves.
 struct SourcePoolCallbacks {
@@ -413,6 +417,9 @@ class SourcePool : public StatsSource {
   // Signalled when `active_calls_` drops to zero during a pause.
   tensorflow::condition_variable pause_cond_var_;
   InterleaveScheduler scheduler_ TF_GUARDED_BY(mu_);
+  // The running workers' threads: their contexts run functions inline on
+  // any of them (see `WorkerContext`).
+  const std::shared_ptr<WorkerThreads> worker_threads_;
   std::vector<std::unique_ptr<Seat>> seats_ TF_GUARDED_BY(mu_);
   std::deque<Seat*> free_seats_ TF_GUARDED_BY(mu_);
   std::deque<Seat*> work_queue_ TF_GUARDED_BY(mu_);
