@@ -72,14 +72,19 @@ def _elements(tfi: types.ModuleType, inputs: int, map_func: Callable, cycle_leng
         options.threading.private_threadpool_size = pool_threads
         return dataset.with_options(options)
 
+    return sorted(_iterate(make, run_mode))
+
+
+def _iterate(make: Callable[[], tf.data.Dataset], run_mode: str) -> List[int]:
+    """The elements of ``make()``, in eager mode, a ``tf.function`` or a TF1 graph (made inside it)."""
     if run_mode == "eager":
-        return sorted(int(x) for x in make())
+        return [int(x) for x in make()]
     if run_mode == "tf.function":
-        return sorted(collect_in_tf_function(make()))
+        return collect_in_tf_function(make())
     with tf.Graph().as_default():
         next_element = tf.compat.v1.data.make_one_shot_iterator(make()).get_next()
         with tf.compat.v1.Session() as session:
-            return sorted(int(x) for x in run_session_until_end(session, next_element))
+            return [int(x) for x in run_session_until_end(session, next_element)]
 
 
 @pytest.mark.parametrize("run_mode", RUN_MODES)
@@ -162,14 +167,6 @@ def test_workers_wait_with_a_tight_timer_slack(tfi: types.ModuleType, run_mode: 
         return tf.data.Dataset.range(2 * CYCLE_LENGTH).apply(
             tfi.parallel_interleave(SLACK_READERS[reader], CYCLE_LENGTH, sloppy=sloppy, produce_inline=False))
 
-    if run_mode == "eager":
-        slacks = [int(x) for x in make()]
-    elif run_mode == "tf.function":
-        slacks = collect_in_tf_function(make())
-    else:
-        with tf.Graph().as_default():
-            next_element = tf.compat.v1.data.make_one_shot_iterator(make()).get_next()
-            with tf.compat.v1.Session() as session:
-                slacks = [int(x) for x in run_session_until_end(session, next_element)]
+    slacks = _iterate(make, run_mode)
     assert len(slacks) == 2 * CYCLE_LENGTH * (1 if reader == "map_func" else 3)
     assert max(slacks) <= 1_000, slacks
