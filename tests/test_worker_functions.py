@@ -125,9 +125,9 @@ def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, run_mode: str
     assert gate.peak == CYCLE_LENGTH
 
 
-
 # prctl(2): reads the calling thread's timer slack, in nanoseconds (Linux's default: 50,000).
 _PR_GET_TIMERSLACK = 30
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
 SLACK_READERS = {
     # `map_func` itself (the open).
     "map_func": lambda x: tf.data.Dataset.from_tensors(_timer_slack_nanos(x)),
@@ -144,10 +144,8 @@ SLACK_READERS = {
 
 def _timer_slack_nanos(value: tf.Tensor) -> tf.Tensor:
     """The timer slack of the thread that runs this op (a ``py_function`` runs on its caller)."""
-    libc = ctypes.CDLL(None)
-
     def read(_: tf.Tensor) -> int:
-        return libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
+        return _LIBC.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0)
 
     slack = tf.py_function(read, [value], tf.int64)
     slack.set_shape([])
