@@ -11,6 +11,8 @@ OP_LIBRARY_SRCS = [
     "cc/kernels/interleave_stats.cc",
     "cc/kernels/source_pool.cc",
     "cc/kernels/source_pool_checkpoint.cc",
+    "cc/kernels/source_pool_consumer.cc",
+    "cc/kernels/worker_context.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
     "cc/ops/parallel_interleave_ops.cc",
 ]
@@ -23,6 +25,7 @@ OP_LIBRARY_HDRS = [
     "cc/kernels/interleave_stats.h",
     "cc/kernels/source_pace.h",
     "cc/kernels/source_pool.h",
+    "cc/kernels/worker_context.h",
     "cc/kernels/parallel_interleave_dataset_op.h",
 ]
 

@@ -4,7 +4,7 @@ The scheduler is built into a small pybind11 module (``cc/python/scheduler_bindi
 for this session and driven through a simulated pool: seats that pull input elements in
 order, fill bounded buffers and wait until the scheduler releases their source, and a
 consumer that follows the scheduler's decisions and, when told to wait, sleeps until an
-event it waits for (the protocol of ``cc/kernels/source_pool.cc``).  Hypothesis chooses
+event it waits for (the protocol of ``cc/kernels/source_pool*.cc``).  Hypothesis chooses
 the case (nested sizes and arguments) and a tape of choices that decides which event
 happens when, so every run is one interleaving of workers and consumer.
 

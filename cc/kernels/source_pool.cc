@@ -1,19 +1,16 @@
+// SourcePool's workers: starting and waking them, their tasks (pulling the
+// input, opening sources, producing elements) and what each task's result
+// does to its seat; also cancellation and stats. The consumer's side is in
+// source_pool_consumer.cc, checkpoints in source_pool_checkpoint.cc.
 #include "cc/kernels/source_pool.h"
-
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include <algorithm>
 #include <chrono>
 #include <string>
-#include <thread>  // NOLINT(build/c++11): std::this_thread::get_id
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "tensorflow/core/lib/gtl/cleanup.h"
 #include "tensorflow/core/platform/env_time.h"
 #include "tensorflow/core/platform/errors.h"
 #include "tensorflow/core/platform/logging.h"
@@ -21,31 +18,6 @@
 #include "tensorflow/core/profiler/lib/traceme_encode.h"
 
 namespace tf_interleave {
-
-// The threads of one pool's running workers. A worker's thread id is listed
-// only while it runs, so an id that the system reuses later is not taken
-// for a worker.
-class WorkerThreads {
- public:
-  void Add(std::thread::id thread) {
-    tensorflow::mutex_lock l(mu_);
-    threads_.insert(thread);
-  }
-  void Remove(std::thread::id thread) {
-    tensorflow::mutex_lock l(mu_);
-    threads_.erase(thread);
-  }
-  bool Contains(std::thread::id thread) const {
-    tensorflow::tf_shared_lock l(mu_);
-    return threads_.contains(thread);
-  }
-
- private:
-  mutable tensorflow::mutex mu_;
-  absl::flat_hash_set<std::thread::id, std::hash<std::thread::id>> threads_
-      TF_GUARDED_BY(mu_);
-};
-
 namespace {
 
 using ::tensorflow::CancellationManager;
@@ -57,17 +29,6 @@ using ::tensorflow::data::IteratorContext;
 using ::tensorflow::profiler::TraceMe;
 using ::tensorflow::profiler::TraceMeEncode;
 
-// While the consumer has produced an element inline within the last
-// kInlineRecentNanos, or work waits in the queue, one idle worker wakes every
-// kInlineWatchNanos: when an inline call has lasted that long, workers take
-// over the other sources; when the consumer has been away that long, they
-// fill the buffers for its return.
-constexpr int64_t kInlineWatchNanos = 1000 * 1000;
-constexpr int64_t kInlineRecentNanos = 10 * 1000 * 1000;
-// Elements delivered without inline calls after one blocked in sloppy mode:
-// the first time, and at most.
-constexpr int64_t kSloppyInlinePauseElements = 4096;
-constexpr int64_t kMaxSloppyInlinePauseElements = 1 << 24;
 // Retry delays stop doubling here.
 constexpr int64_t kMaxRetryBackoffMicros = 10 * 1000 * 1000;
 // Finished inputs kept in stats, most recent last.
@@ -80,68 +41,6 @@ int64_t BytesOf(const std::vector<Tensor>& tensors) {
   for (const Tensor& tensor : tensors) bytes += tensor.TotalBytes();
   return bytes;
 }
-
-// Timed waits on a worker (a nested dataset's sleep, a reader's poll with a
-// timeout, a retry's backoff) end up to the thread's timer slack late: 50 us
-// by default on Linux, 5% of a 1 ms wait, lost on every element of a
-// latency-bound source. Workers ask for the tightest slack; threads they
-// start inherit it.
-void UsePreciseTimers() {
-#ifdef __linux__
-  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-#endif
-}
-
-// Releases a held mutex for the scope: the consumer produces an element
-// without holding the pool's lock.
-class ScopedUnlock {
- public:
-  explicit ScopedUnlock(tensorflow::mutex* mu) : mu_(mu) { mu_->unlock(); }
-  ~ScopedUnlock() { mu_->lock(); }
-  ScopedUnlock(const ScopedUnlock&) = delete;
-  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
-
- private:
-  tensorflow::mutex* const mu_;
-};
-
-// A worker's context. The functions its calls run (`map_func`, a nested
-// dataset's own functions such as a generator or a `map`) execute on the
-// calling worker itself rather than queueing on the inter-op pool: the
-// worker waits for them anyway, and the pool's few threads (one per core by
-// default) would otherwise cap how many slow opens or Python functions run
-// at once. Any worker of the pool counts, not only the one whose context
-// it is: nested datasets such as `concatenate` and `zip` keep the context
-// they opened with and pass it to every later call, which another worker
-// may make. Closures scheduled from any other thread, e.g. the threads of a
-// nested parallel `map`, still go to the pool, so nested parallelism is
-// kept.
-class WorkerContext {
- public:
-  WorkerContext(IteratorContext* base, std::shared_ptr<WorkerThreads> workers)
-      : workers_(std::move(workers)) {
-    workers_->Add(std::this_thread::get_id());
-    IteratorContext::Params params(base);
-    params.runner = [workers = workers_, pool_runner = *base->runner()](
-                        std::function<void()> closure) {
-      if (workers->Contains(std::this_thread::get_id())) {
-        closure();
-      } else {
-        pool_runner(std::move(closure));
-      }
-    };
-    ctx_ = std::make_unique<IteratorContext>(std::move(params));
-  }
-  ~WorkerContext() { workers_->Remove(std::this_thread::get_id()); }
-  WorkerContext(const WorkerContext&) = delete;
-  WorkerContext& operator=(const WorkerContext&) = delete;
-
-  IteratorContext* get() const { return ctx_.get(); }
-
- private:
-  const std::shared_ptr<WorkerThreads> workers_;
-  std::unique_ptr<IteratorContext> ctx_;
-};
 
 }  // namespace
 
@@ -162,8 +61,7 @@ SourcePool::SourcePool(const SourcePoolOptions& options,
       callbacks_(std::move(callbacks)),
       num_seats_(options.cycle_length + options.prefetch_input_elements),
       scheduler_(options.cycle_length, options.block_length, options.sloppy),
-      worker_threads_(std::make_shared<WorkerThreads>()),
-      inline_pause_elements_(kSloppyInlinePauseElements) {}
+      worker_threads_(std::make_shared<WorkerThreads>()) {}
 
 SourcePool::~SourcePool() {
   // Leave the registry first: it may be reading this pool's stats.
@@ -853,348 +751,6 @@ void SourcePool::WakeConsumer(ConsumerWait reason, int64_t source) {
     consumer_wait_ = ConsumerWait::kNone;
     consumer_cond_var_.notify_one();
   }
-}
-
-std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
-  std::vector<const Seat*> pending;
-  for (int64_t source : scheduler_.state().cycle) {
-    if (source < 0) continue;
-    auto it = seat_of_source_.find(source);
-    if (it == seat_of_source_.end()) continue;
-    const Seat* seat = it->second;
-    if (seat->buffer.empty() && !seat->source_ended) pending.push_back(seat);
-  }
-  return pending;
-}
-
-int64_t SourcePool::CycleBlocksFrom(int64_t now_nanos) const {
-  // Without a call or open under way (one queued for a worker), nothing
-  // says when the cycle would block: ask again after kStallNanos.
-  int64_t from = now_nanos + SourcePace::kStallNanos;
-  for (const Seat* seat : PendingCycleSeats()) {
-    if (seat->pace.Blocking(now_nanos)) return now_nanos;
-    const int64_t seat_from = seat->pace.BlockingFromNanos();
-    if (seat_from == 0) continue;
-    if (seat_from <= now_nanos) return now_nanos;
-    from = std::min(from, seat_from);
-  }
-  return from;
-}
-
-std::string SourcePool::WaitTargetLabel(ConsumerWait reason,
-                                        int64_t source) const {
-  switch (reason) {
-    case ConsumerWait::kSource: {
-      auto it = seat_of_source_.find(source);
-      return it == seat_of_source_.end() ? "" : it->second->label;
-    }
-    case ConsumerWait::kInput:
-      return "the input dataset";
-    case ConsumerWait::kAny: {
-      // Sloppy: the consumer waits for whichever input of the cycle comes
-      // first; name it when only one can.
-      const std::vector<const Seat*> pending = PendingCycleSeats();
-      if (pending.empty()) return "the input dataset";
-      if (pending.size() == 1) return pending[0]->label;
-      std::vector<std::string> labels;
-      for (size_t i = 0; i < pending.size() && i < 4; ++i) {
-        labels.push_back(pending[i]->label);
-      }
-      if (pending.size() > labels.size()) labels.push_back("...");
-      return absl::StrCat("any of ", pending.size(), " inputs (",
-                          absl::StrJoin(labels, ", "), ")");
-    }
-    case ConsumerWait::kNone:
-      break;
-  }
-  return "";
-}
-
-void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
-  const ConsumerWait reason = consumer_wait_;
-  const int64_t wait_source = consumer_wait_source_;
-  // The input the wait is on, if it is one input: also a sloppy wait when
-  // only one input of the cycle can still produce.
-  int64_t source = reason == ConsumerWait::kSource ? wait_source : -1;
-  if (reason == ConsumerWait::kAny) {
-    const std::vector<const Seat*> pending = PendingCycleSeats();
-    if (pending.size() == 1) source = pending[0]->source;
-  }
-  const int64_t start_nanos = EnvTime::NowNanos();
-  // Stats name the target when they are read: what a sloppy wait waits on
-  // changes as inputs open.
-  wait_reason_ = reason;
-  wait_reason_source_ = wait_source;
-  if (options_.memory_budget_bytes > 0) {
-    // Waiting on a source lets it exceed the budget by one element.
-    budget_cond_var_.notify_all();
-    for (auto& seat : seats_) Offer(seat.get(), /*urgent=*/false);
-  }
-  if (reason == ConsumerWait::kSource) {
-    // The awaited source goes first, whatever else is queued.
-    auto it = seat_of_source_.find(wait_source);
-    if (it != seat_of_source_.end()) {
-      Seat* seat = it->second;
-      Offer(seat, /*urgent=*/false);
-      if (seat->queued) {
-        work_queue_.erase(
-            std::find(work_queue_.begin(), work_queue_.end(), seat));
-        work_queue_.push_front(seat);
-        WakeWorker(/*parallel=*/true);
-      }
-    }
-  }
-  // Whatever the consumer waits for may sit in the queue of a lazy refill.
-  WakeForRemainingWork();
-  callbacks_.record_stop(ctx);
-  const int64_t recheck_at = recheck_staging_at_nanos_;
-  recheck_staging_at_nanos_ = 0;
-  if (recheck_at > 0) {
-    // Sloppy, with the cycle busy but not blocked: ask again when a call
-    // under way would come to count as blocking, if nothing comes first.
-    const int64_t remaining = recheck_at - EnvTime::NowNanos();
-    if (remaining > 0) {
-      consumer_cond_var_.wait_for(lock, std::chrono::nanoseconds(remaining));
-    }
-  } else if (options_.stall_warning_seconds <= 0) {
-    consumer_cond_var_.wait(lock);
-  } else {
-    const int64_t stall_nanos =
-        static_cast<int64_t>(options_.stall_warning_seconds * 1e9);
-    const int64_t remaining = start_nanos + stall_nanos - EnvTime::NowNanos();
-    if (remaining > 0 &&
-        consumer_cond_var_.wait_for(lock, std::chrono::nanoseconds(
-                                              remaining)) !=
-            std::cv_status::timeout) {
-      // Woken in time.
-    } else if (!cancelled_) {
-      ++stall_warnings_;
-      const std::string label = WaitTargetLabel(reason, wait_source);
-      LOG(WARNING) << "tf_interleave: the consumer has waited "
-                   << options_.stall_warning_seconds << " s for "
-                   << (label.empty() ? "an input" : label)
-                   << " (stall_warning_seconds="
-                   << options_.stall_warning_seconds << ")";
-      // Keep waiting, without more warnings for this wait.
-      while (!cancelled_ && consumer_wait_ == reason &&
-             consumer_wait_source_ == wait_source) {
-        consumer_cond_var_.wait(lock);
-      }
-    }
-  }
-  callbacks_.record_start(ctx);
-  const int64_t waited = EnvTime::NowNanos() - start_nanos;
-  consumer_wait_nanos_ += waited;
-  if (source >= 0) {
-    auto it = seat_of_source_.find(source);
-    if (it != seat_of_source_.end()) it->second->wait_nanos += waited;
-  }
-  wait_reason_ = ConsumerWait::kNone;
-  consumer_wait_ = ConsumerWait::kNone;
-}
-
-BufferedElement SourcePool::TakeElement(Seat* seat) {
-  BufferedElement element = std::move(seat->buffer.front());
-  seat->buffer.pop_front();
-  seat->buffered_bytes -= element.bytes;
-  buffered_bytes_ -= element.bytes;
-  ++seat->delivered;
-  seat->delivered_bytes += element.bytes;
-  ++delivered_;
-  delivered_bytes_ += element.bytes;
-  if (options_.memory_budget_bytes > 0) {
-    // Freed bytes may let any seat go on.
-    budget_cond_var_.notify_all();
-    for (auto& other : seats_) Offer(other.get(), /*urgent=*/false);
-    if (!work_queue_.empty()) WakeWorker(/*parallel=*/false);
-  } else {
-    // A source the consumer produces itself waits for it (or for a worker
-    // that is awake anyway).
-    Offer(seat, /*urgent=*/!ConsumerProduces(*seat) &&
-                    static_cast<int64_t>(seat->buffer.size()) <=
-                        RefillThreshold(*seat));
-  }
-  return element;
-}
-
-absl::Status SourcePool::GetNext(IteratorContext* ctx,
-                                 std::vector<Tensor>* out_tensors,
-                                 bool* end_of_sequence) {
-  using Kind = InterleaveScheduler::Decision::Kind;
-  mutex_lock l(mu_);
-  // Runs before `l` is released.
-  consumer_inside_ = true;
-  auto leave = tensorflow::gtl::MakeCleanup(
-      [this]() TF_NO_THREAD_SAFETY_ANALYSIS {
-        consumer_inside_ = false;
-        consumer_left_nanos_ = EnvTime::NowNanos();
-        CallWatcher();
-      });
-  TF_RETURN_IF_ERROR(EnsureStarted(ctx));
-  const InterleaveScheduler::StateFn state_of =
-      [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
-        return StateOf(source);
-      };
-  // Sloppy: stragglers waiting in staging enter the cycle first.
-  InterleaveScheduler::CostFn staged_cost;
-  if (options_.sloppy) {
-    staged_cost = [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
-      return seat_of_source_.at(source)->pace.StragglerCostNanos(
-          EnvTime::NowNanos());
-    };
-  }
-  if (!stashed_.empty()) {
-    BufferedElement element = std::move(stashed_.back());
-    stashed_.pop_back();
-    *out_tensors = std::move(element.tensors);
-    *end_of_sequence = false;
-    return element.status;
-  }
-  while (true) {
-    if (cancelled_) {
-      return absl::CancelledError("tf_interleave iterator was cancelled");
-    }
-    released_.clear();
-    InterleaveScheduler::Decision decision =
-        scheduler_.Next(state_of, &released_, staged_cost);
-    absl::Status skip_status = ReleaseSources();
-    if (skip_status.ok() && decision.kind == Kind::kWaitForAny) {
-      // Sloppy, nothing ready in the cycle: a cheap source of the cycle is
-      // produced here first (it would otherwise wait for a worker), then a
-      // staged source's ready element beats waiting.
-      if (ProduceInlineForCycle(l)) continue;
-      const int64_t now_nanos = EnvTime::NowNanos();
-      const int64_t blocks_from = CycleBlocksFrom(now_nanos);
-      if (blocks_from <= now_nanos) {
-        released_.clear();
-        decision = scheduler_.NextFromStaging(state_of, &released_);
-        if (decision.kind == Kind::kEmit) ++staged_elements_;
-        skip_status = ReleaseSources();
-      } else {
-        // The cycle's sources are only busy (a saturated CPU, a hand-off
-        // under way): taking staged elements would spread the reading over
-        // every seat for nothing. Ask again once a call may have blocked.
-        recheck_staging_at_nanos_ = blocks_from;
-      }
-    }
-    if (!skip_status.ok()) {
-      // One skip too many: the error takes the place where that input
-      // ended; an element the scheduler already chose comes next time.
-      if (decision.kind == Kind::kEmit) {
-        Seat* seat = seat_of_source_.at(decision.source);
-        stashed_.push_back(TakeElement(seat));
-      }
-      *end_of_sequence = false;
-      return skip_status;
-    }
-    switch (decision.kind) {
-      case Kind::kEmit: {
-        BufferedElement element =
-            TakeElement(seat_of_source_.at(decision.source));
-        *out_tensors = std::move(element.tensors);
-        *end_of_sequence = false;
-        return element.status;
-      }
-      case Kind::kEndOfSequence:
-        *end_of_sequence = true;
-        return absl::OkStatus();
-      case Kind::kWaitForSource:
-        if (ProduceInline(seat_of_source_.at(decision.source), l)) continue;
-        consumer_wait_ = ConsumerWait::kSource;
-        consumer_wait_source_ = decision.source;
-        break;
-      case Kind::kWaitForInput:
-        consumer_wait_ = ConsumerWait::kInput;
-        break;
-      case Kind::kWaitForAny:
-        consumer_wait_ = ConsumerWait::kAny;
-        break;
-    }
-    WaitAsConsumer(ctx, l);
-  }
-}
-
-absl::Status SourcePool::ReleaseSources() {
-  absl::Status skip_status;
-  for (int64_t source : released_) {
-    const absl::Status status = ReleaseSource(source);
-    if (skip_status.ok()) skip_status = status;
-  }
-  return skip_status;
-}
-
-bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
-  // Even while a worker produces for another source of the cycle: both
-  // cores then produce, instead of the consumer waiting for each hand-off.
-  for (int64_t source : scheduler_.state().cycle) {
-    auto it = seat_of_source_.find(source);
-    if (it != seat_of_source_.end() && it->second->buffer.empty() &&
-        ProduceInline(it->second, lock)) {
-      return true;
-    }
-  }
-  return false;
-}
-
-bool SourcePool::ConsumerProduces(const Seat& seat) const {
-  // With retries, a failed call would make the consumer sit out the retry
-  // delay: workers take those sources.
-  return options_.produce_inline &&
-         seat.pace.kind() == SourcePace::Kind::kInline &&
-         options_.input_retries == 0 &&
-         (!options_.sloppy ||
-          (seat.pace.proven() && !slow_ends_.Expected(seat.produced) &&
-           delivered_ >= inline_paused_until_));
-}
-
-bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
-  if (cancelled_ || pause_requests_ > 0 || !ConsumerProduces(*seat) ||
-      seat->needs_open || !HasWork(*seat)) {
-    return false;
-  }
-  if (seat->queued) {
-    work_queue_.erase(std::find(work_queue_.begin(), work_queue_.end(), seat));
-    seat->queued = false;
-  }
-  seat->claimed = true;
-  ++active_calls_;
-  Task task;
-  task.kind = TaskKind::kProduce;
-  task.seat = seat;
-  inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
-  // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
-  // does, inline calls in a row need no wake-up.
-  if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();
-  {
-    ScopedUnlock unlock(&mu_);
-    RunTask(&task, seat_ctx_.get());
-  }
-  inline_start_nanos_ = 0;
-  inline_stalled_ = false;
-  if (options_.sloppy && task.elapsed_nanos >= kInlineWatchNanos) {
-    // Sloppy: while the consumer sat in that call, other sources may have
-    // had elements for it. Where that happens, workers produce for a while,
-    // eight times longer each time.
-    inline_paused_until_ = delivered_ + inline_pause_elements_;
-    inline_pause_elements_ =
-        std::min(8 * inline_pause_elements_, kMaxSloppyInlinePauseElements);
-  }
-  if (--active_calls_ == 0 && pause_requests_ > 0) {
-    pause_cond_var_.notify_all();
-  }
-  std::unique_ptr<IteratorBase> dropped;
-  // The consumer waits on this source as far as the memory budget goes: its
-  // element may always be buffered, or the consumer would wait on itself.
-  consumer_wait_ = ConsumerWait::kSource;
-  consumer_wait_source_ = seat->source;
-  FinishTask(&task, lock, &dropped);
-  consumer_wait_ = ConsumerWait::kNone;
-  if (task.follow_up != nullptr) Offer(task.follow_up, /*urgent=*/false);
-  if (dropped != nullptr) {
-    ScopedUnlock unlock(&mu_);
-    dropped.reset();
-  }
-  return true;
 }
 
 IteratorStats SourcePool::Stats() const {

@@ -57,6 +57,11 @@
 //    restoring are in source_pool_checkpoint.cc, the record's encoding in
 //    checkpoint_io.h.
 //
+// Files: the workers' side in source_pool.cc, the consumer's (`GetNext`, its
+// waits, inline production) in source_pool_consumer.cc, checkpoints in
+// source_pool_checkpoint.cc, and how functions run on workers in
+// worker_context.h.
+//
 // Invariants (under `mu_`):
 //  1. A source is held by exactly one seat from the moment its input element
 //     is pulled until the scheduler releases it.
@@ -85,6 +90,7 @@
 #include "cc/kernels/interleave_scheduler.h"
 #include "cc/kernels/interleave_stats.h"
 #include "cc/kernels/source_pace.h"
+#include "cc/kernels/worker_context.h"
 #include "tensorflow/core/framework/cancellation.h"
 #include "tensorflow/core/framework/dataset.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -118,8 +124,6 @@ struct SourcePoolOptions {
   // Names the iterator in stats.
   std::string name;
 };
-
-class WorkerThreads;  // source_pool.cc
 
 // What the pool needs from the dataset it serves.
 struct SourcePoolCallbacks {
@@ -432,6 +436,17 @@ class SourcePool : public StatsSource {
   // that have not begun.
   int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
   int64_t workers_starting_ TF_GUARDED_BY(mu_) = 0;
+  // While the consumer has produced an element inline within the last
+  // kInlineRecentNanos, or work waits in the queue, one idle worker wakes
+  // every kInlineWatchNanos: when an inline call has lasted that long,
+  // workers take over the other sources; when the consumer has been away
+  // that long, they fill the buffers for its return.
+  static constexpr int64_t kInlineWatchNanos = 1000 * 1000;
+  static constexpr int64_t kInlineRecentNanos = 10 * 1000 * 1000;
+  // Elements delivered without inline calls after one blocked in sloppy
+  // mode (see `ProduceInline`): the first time, and at most.
+  static constexpr int64_t kSloppyInlinePauseElements = 4096;
+  static constexpr int64_t kMaxSloppyInlinePauseElements = 1 << 24;
   // The consumer's inline calls (see `ProduceInline`): when the current one
   // started (0: none runs), when the last one did, whether an idle worker
   // watches them, and whether the current one has lasted long enough that
@@ -448,7 +463,8 @@ class SourcePool : public StatsSource {
   // Sloppy: no inline call until `delivered_` reaches this (see
   // `ProduceInline`).
   int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
-  int64_t inline_pause_elements_ TF_GUARDED_BY(mu_);
+  int64_t inline_pause_elements_ TF_GUARDED_BY(mu_) =
+      kSloppyInlinePauseElements;
   // Sloppy: where sources' ends blocked (or whether their opens did, before
   // any has ended), so that the consumer leaves those calls to workers.
   SlowEnds slow_ends_ TF_GUARDED_BY(mu_);

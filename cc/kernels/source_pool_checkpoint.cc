@@ -1,7 +1,7 @@
 // SourcePool's checkpoints: what a full or symbolic checkpoint records of the
 // pool, and how a pool that has not started is rebuilt from it. The record's
-// encoding lives in checkpoint_io.{h,cc}; the pool's threads and consumer in
-// source_pool.cc.
+// encoding lives in checkpoint_io.{h,cc}; the pool's workers in source_pool.cc,
+// its consumer in source_pool_consumer.cc.
 #include <algorithm>
 #include <memory>
 #include <string>
