@@ -12,7 +12,6 @@ OP_LIBRARY_SRCS = [
     "cc/kernels/source_pool.cc",
     "cc/kernels/source_pool_checkpoint.cc",
     "cc/kernels/source_pool_consumer.cc",
-    "cc/kernels/worker_context.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
     "cc/ops/parallel_interleave_ops.cc",
 ]

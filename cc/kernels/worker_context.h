@@ -10,9 +10,14 @@
 #ifndef TF_INTERLEAVE_CC_KERNELS_WORKER_CONTEXT_H_
 #define TF_INTERLEAVE_CC_KERNELS_WORKER_CONTEXT_H_
 
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
 #include <functional>
 #include <memory>
 #include <thread>  // NOLINT(build/c++11): std::thread::id
+#include <utility>
 
 #include "absl/container/flat_hash_set.h"
 #include "tensorflow/core/framework/dataset.h"
@@ -26,9 +31,18 @@ namespace tf_interleave {
 // for a worker.
 class WorkerThreads {
  public:
-  void Add(std::thread::id thread) TF_LOCKS_EXCLUDED(mu_);
-  void Remove(std::thread::id thread) TF_LOCKS_EXCLUDED(mu_);
-  bool Contains(std::thread::id thread) const TF_LOCKS_EXCLUDED(mu_);
+  void Add(std::thread::id thread) TF_LOCKS_EXCLUDED(mu_) {
+    tensorflow::mutex_lock l(mu_);
+    threads_.insert(thread);
+  }
+  void Remove(std::thread::id thread) TF_LOCKS_EXCLUDED(mu_) {
+    tensorflow::mutex_lock l(mu_);
+    threads_.erase(thread);
+  }
+  bool Contains(std::thread::id thread) const TF_LOCKS_EXCLUDED(mu_) {
+    tensorflow::tf_shared_lock l(mu_);
+    return threads_.contains(thread);
+  }
 
  private:
   mutable tensorflow::mutex mu_;
@@ -46,8 +60,22 @@ class WorkerThreads {
 class WorkerContext {
  public:
   WorkerContext(tensorflow::data::IteratorContext* base,
-                std::shared_ptr<WorkerThreads> workers);
-  ~WorkerContext();
+                std::shared_ptr<WorkerThreads> workers)
+      : workers_(std::move(workers)) {
+    workers_->Add(std::this_thread::get_id());
+    tensorflow::data::IteratorContext::Params params(base);
+    params.runner = [workers = workers_, pool_runner = *base->runner()](
+                        std::function<void()> closure) {
+      if (workers->Contains(std::this_thread::get_id())) {
+        closure();
+      } else {
+        pool_runner(std::move(closure));
+      }
+    };
+    ctx_ = std::make_unique<tensorflow::data::IteratorContext>(
+        std::move(params));
+  }
+  ~WorkerContext() { workers_->Remove(std::this_thread::get_id()); }
   WorkerContext(const WorkerContext&) = delete;
   WorkerContext& operator=(const WorkerContext&) = delete;
 
@@ -63,7 +91,11 @@ class WorkerContext {
 // reader's poll with a timeout, a retry's backoff) otherwise end up to the
 // thread's slack late: 50 us by default, 5% of a 1 ms wait, lost on every
 // element of a latency-bound source. Threads the caller starts inherit it.
-void UsePreciseTimers();
+inline void UsePreciseTimers() {
+#ifdef __linux__
+  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
+}
 
 }  // namespace tf_interleave
 
