@@ -69,8 +69,9 @@ def sanitizer_flags() -> list:
         f"TF_INTERLEAVE_SANITIZE must be 'address' or unset, got {mode!r}.")
   # NDEBUG_SANITIZER keeps Abseil's container layout the one TensorFlow's
   # prebuilt code expects; GCC cannot fold Abseil's constexpr checks with the
-  # null-pointer checks on (see scripts/asan_tests.sh).
-  return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g",
+  # null-pointer checks on (see scripts/asan_tests.sh). Line tables (-g1) give
+  # the reports their file:line and build a quarter faster than full -g.
+  return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g1",
           "-DNDEBUG_SANITIZER",
           "-fno-sanitize=null,nonnull-attribute,returns-nonnull-attribute"]
 

@@ -6,10 +6,10 @@ Every test here runs in every configuration; none needs Bazel itself:
   also valid Python, so it is executed with stand-ins for `load`, `cc_binary`
   and friends, and what it declares is compared with `cc/sources.bzl` (the one
   list that setup.py compiles too) and with the installed TensorFlow's flags.
-* CI builds the library with `scripts/bazel_build.sh` and runs the test suite
+* CI builds the library with `scripts/bazel_build.sh` and runs part of the suite
   with TF_INTERLEAVE_OPS_LIBRARY=<the Bazel-built .so>. Then
   `test_loaded_library_is_the_requested_build` checks that tf_interleave
-  really loaded that file (and the whole suite exercises it); without the
+  really loaded that file (and the tests run with it exercise it); without the
   variable it checks that the packaged library was loaded instead.
 """
 
