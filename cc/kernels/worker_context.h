@@ -1,5 +1,4 @@
-// Where the functions of a worker's calls run, and how precisely its timed
-// waits end.
+// Where the functions of a worker's calls run.
 //
 // A call to a nested iterator runs functions (`map_func`, a nested dataset's
 // own generator or `map`) through its context's runner. By default that
@@ -9,10 +8,6 @@
 // thread instead, when that thread is one of the pool's running workers.
 #ifndef TF_INTERLEAVE_CC_KERNELS_WORKER_CONTEXT_H_
 #define TF_INTERLEAVE_CC_KERNELS_WORKER_CONTEXT_H_
-
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #include <functional>
 #include <memory>
@@ -85,17 +80,6 @@ class WorkerContext {
   const std::shared_ptr<WorkerThreads> workers_;
   std::unique_ptr<tensorflow::data::IteratorContext> ctx_;
 };
-
-// Asks for the tightest timer slack on the calling thread (Linux; elsewhere
-// does nothing). Timed waits on a worker (a nested dataset's sleep, a
-// reader's poll with a timeout, a retry's backoff) otherwise end up to the
-// thread's slack late: 50 us by default, 5% of a 1 ms wait, lost on every
-// element of a latency-bound source. Threads the caller starts inherit it.
-inline void UsePreciseTimers() {
-#ifdef __linux__
-  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-#endif
-}
 
 }  // namespace tf_interleave
 
