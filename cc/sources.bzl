@@ -12,6 +12,7 @@ OP_LIBRARY_SRCS = [
     "cc/kernels/source_pool.cc",
     "cc/kernels/source_pool_checkpoint.cc",
     "cc/kernels/source_pool_consumer.cc",
+    "cc/kernels/thread_state.cc",
     "cc/kernels/parallel_interleave_dataset_op.cc",
     "cc/ops/parallel_interleave_ops.cc",
 ]
@@ -24,6 +25,7 @@ OP_LIBRARY_HDRS = [
     "cc/kernels/interleave_stats.h",
     "cc/kernels/source_pace.h",
     "cc/kernels/source_pool.h",
+    "cc/kernels/thread_state.h",
     "cc/kernels/worker_context.h",
     "cc/kernels/parallel_interleave_dataset_op.h",
 ]
@@ -40,4 +42,10 @@ OP_LIBRARY_COPTS = [
 # and for the Python binding used by property tests.
 SCHEDULER_SRCS = [
     "cc/kernels/interleave_scheduler.cc",
+]
+
+# The C++ unit tests (cc/tests/, no TensorFlow) link these: the scheduler and
+# the probe of a thread's run state.
+CPP_TEST_SRCS = SCHEDULER_SRCS + [
+    "cc/kernels/thread_state.cc",
 ]

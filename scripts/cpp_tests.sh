@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds and runs the C++ tests of the scheduler and of the source pace
-# (cc/tests/, no TensorFlow needed) three ways: plain (-O2), under
-# ThreadSanitizer, and under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Builds and runs the C++ tests of the scheduler, the source pace and the
+# thread-state probe (cc/tests/, no TensorFlow needed) three ways: plain
+# (-O2), under ThreadSanitizer, and under AddressSanitizer +
+# UndefinedBehaviorSanitizer.
 # Fails on any failed check and on any sanitizer report.
 #
 # Usage: scripts/cpp_tests.sh [plain|tsan|asan ...]   (default: all three)
@@ -14,14 +15,15 @@ BUILD_DIR="${BUILD_DIR:-$ROOT/build/cpp_tests}"
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(plain tsan asan)
 
-# The scheduler's sources: the one list in cc/sources.bzl.
-mapfile -t SCHEDULER_SRCS < <(python3 - <<'EOF'
+# The sources the tests link: the one list in cc/sources.bzl.
+mapfile -t TEST_SRCS < <(python3 - <<'EOF'
 scope = {}
 exec(open("cc/sources.bzl").read(), scope)
-print("\n".join(scope["SCHEDULER_SRCS"]))
+print("\n".join(scope["CPP_TEST_SRCS"]))
 EOF
 )
-TESTS=(interleave_scheduler_test scheduler_threaded_test source_pace_test)
+TESTS=(interleave_scheduler_test scheduler_threaded_test source_pace_test
+       thread_state_test)
 COMMON_FLAGS=(-std=c++17 -pthread -Wall -Wextra -I"$ROOT")
 
 mkdir -p "$BUILD_DIR"
@@ -91,20 +93,26 @@ build_and_run() {
   local dir="$BUILD_DIR/$mode"
   mkdir -p "$dir"
   local objects=()
-  for src in "${SCHEDULER_SRCS[@]}"; do
+  for src in "${TEST_SRCS[@]}"; do
     local object="$dir/$(basename "${src%.cc}").o"
     "$CXX" "${COMMON_FLAGS[@]}" "${flags[@]}" -c "$src" -o "$object"
     objects+=("$object")
   done
   # The test binaries compile side by side (two jobs at most).
-  local pids=()
+  local running=0
   for test in "${TESTS[@]}"; do
+    if [ "$running" -ge 2 ]; then
+      wait -n
+      running=$((running - 1))
+    fi
     "$CXX" "${COMMON_FLAGS[@]}" "${flags[@]}" "cc/tests/$test.cc" \
       "${objects[@]}" -o "$dir/$test" &
-    pids+=($!)
+    running=$((running + 1))
   done
-  local pid
-  for pid in "${pids[@]}"; do wait "$pid"; done
+  while [ "$running" -gt 0 ]; do
+    wait -n
+    running=$((running - 1))
+  done
   for test in "${TESTS[@]}"; do
     echo "== $mode: $test =="
     "${runner[@]}" "$dir/$test"

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cc/kernels/thread_state.h"
+
 namespace tf_interleave {
 
 class SourcePace {
@@ -50,9 +52,13 @@ class SourcePace {
   void Record(int64_t nanos) {
     running_since_nanos_ = 0;
     ++calls_;
+    ++calls_since_stall_;
     last_nanos_ = nanos;
     if (calls_ == 1) return;
-    if (nanos > kStallNanos) ++stalls_;
+    if (nanos > kStallNanos) {
+      ++stalls_;
+      calls_since_stall_ = 0;
+    }
     // An exponential average that follows changes within a few elements.
     average_nanos_ =
         calls_ == 2 ? nanos : average_nanos_ + (nanos - average_nanos_) / 4;
@@ -111,9 +117,14 @@ class SourcePace {
                ? running_since_nanos_ + kBlockedCallNanos + 1
                : 0;
   }
-  // Many calls and not one stall: a sloppy consumer may produce inline
-  // (it would keep other sources' ready elements waiting if a call blocked).
-  bool proven() const { return calls_ > kProvenCalls && stalls_ == 0; }
+  // Many calls, and no stall in the last kProvenCalls: a sloppy consumer
+  // may produce inline (it would keep other sources' ready elements waiting
+  // if a call blocked). A stall is forgiven after that many calls because on
+  // a busy machine a preempted call looks like one; a source that stalls
+  // again blocks for good (`blocks`) and is never produced inline.
+  bool proven() const {
+    return calls_ > kProvenCalls && calls_since_stall_ > kProvenCalls;
+  }
   int64_t average_nanos() const { return average_nanos_; }
 
  private:
@@ -121,6 +132,7 @@ class SourcePace {
   int64_t last_nanos_ = 0;
   int64_t average_nanos_ = 0;
   int64_t stalls_ = 0;
+  int64_t calls_since_stall_ = 0;  // Every call, before the first stall.
   int64_t running_since_nanos_ = 0;  // 0: no call or open under way.
 };
 
@@ -172,6 +184,43 @@ class SlowEnds {
   int64_t slow_opens_ = 0;       // Of those, the ones that took long.
   bool end_seen_ = false;        // A source has ended after an element.
   int64_t first_slow_end_ = -1;  // Fewest elements before a slow end.
+};
+
+// Sloppy mode: when an inline call blocked, the consumer sat in it while
+// other sources may have had elements ready; workers then produce every
+// element for a while, longer each time. A call that ran long with its
+// thread runnable throughout the check was preempted on a busy machine, not
+// blocked: producing it on a worker would not have been faster, and pausing
+// inline production for that only adds a hand-off per element.
+class InlinePause {
+ public:
+  // Elements delivered without inline calls after a blocked one: the first
+  // time, and at most.
+  static constexpr int64_t kFirstPauseElements = 4096;
+  static constexpr int64_t kMaxPauseElements = int64_t{1} << 24;
+
+  // An inline call took `nanos` once `delivered` elements had been
+  // delivered. `seen` is what its thread was doing when another thread
+  // looked, once the call had lasted SourcePace::kStallNanos (kUnknown: no
+  // thread could look, or the system does not say).
+  void RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered) {
+    if (nanos <= SourcePace::kStallNanos) return;
+    if (seen == ThreadRunState::kWaiting ||
+        nanos > SourcePace::kBlockedCallNanos) {
+      paused_until_ = std::max(paused_until_, delivered + next_pause_);
+      next_pause_ = std::min(8 * next_pause_, kMaxPauseElements);
+    } else if (seen == ThreadRunState::kUnknown) {
+      // Nothing says it blocked: a short pause that does not grow.
+      paused_until_ = std::max(paused_until_, delivered + kFirstPauseElements);
+    }
+  }
+
+  // Whether inline production waits until more elements are delivered.
+  bool Paused(int64_t delivered) const { return delivered < paused_until_; }
+
+ private:
+  int64_t paused_until_ = 0;
+  int64_t next_pause_ = kFirstPauseElements;
 };
 
 }  // namespace tf_interleave

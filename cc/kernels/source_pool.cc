@@ -276,6 +276,8 @@ void SourcePool::WorkerThread(int64_t rank) {
     dropped.reset();  // Without `mu_`: tearing a pipeline down takes time.
     if (task.kind != TaskKind::kNone) RunTask(&task, ctx);
     mutex_lock l(mu_);
+    // Before `FinishTask`: its seat is still claimed while `mu_` is released.
+    LookAtInlineCall();
     Seat* follow_up = nullptr;
     if (task.kind != TaskKind::kNone) {
       if (--active_calls_ == 0 && pause_requests_ > 0) {
@@ -326,6 +328,26 @@ void SourcePool::WorkerThread(int64_t rank) {
   callbacks_.record_stop(ctx);
 }
 
+void SourcePool::LookAtInlineCall() {
+  // Only a sloppy consumer asks (see `InlinePause`).
+  if (!options_.sloppy || inline_start_nanos_ == 0 || inline_looked_at_ ||
+      EnvTime::NowNanos() - inline_start_nanos_ < kInlineWatchNanos) {
+    return;
+  }
+  inline_looked_at_ = true;
+  const int64_t call_start_nanos = inline_start_nanos_;
+  const int64_t thread_id = inline_thread_id_;
+  ThreadRunState seen;
+  {
+    // Without the lock: a consumer whose call has just ended would otherwise
+    // be found waiting for it.
+    ScopedUnlock unlock(&mu_);
+    seen = RunStateOf(thread_id);
+  }
+  // The same call still runs (the clock reading tells calls apart).
+  if (inline_start_nanos_ == call_start_nanos) inline_seen_ = seen;
+}
+
 void SourcePool::NoteCallStart(Seat* seat) {
   // Only sloppy mode asks what a staged source's call under way costs; a
   // deterministic pool saves the clock reading.
@@ -364,6 +386,7 @@ void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {
     if (inline_start_nanos_ != 0 &&
         EnvTime::NowNanos() - inline_start_nanos_ >= kInlineWatchNanos) {
       inline_stalled_ = true;
+      LookAtInlineCall();
       break;
     }
     // The consumer has been away for a while: refill the buffers it would

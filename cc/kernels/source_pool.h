@@ -22,11 +22,12 @@
 //    While it does, or while work waits in the queue for a worker that is
 //    awake anyway, one idle worker (the watcher) wakes every millisecond; if
 //    an inline call has lasted that long, workers take over the other
-//    sources (which may block the same way), and in sloppy mode the
-//    consumer leaves production to workers for a while (and the calls that
-//    may find an end, once ends or opens have blocked: see `SlowEnds`). If the
-//    consumer has been out of `GetNext` that long, the watcher fills the
-//    buffers in its absence.
+//    sources (which may block the same way). In sloppy mode the consumer
+//    then leaves production to workers for a while if its thread was found
+//    blocked rather than preempted (see `InlinePause`), and leaves them the
+//    calls that may find an end once ends or opens have blocked
+//    (`SlowEnds`). If the consumer has been out of `GetNext` that long, the
+//    watcher fills the buffers in its absence.
 //  - An idle worker is woken on its own condition variable, the first
 //    started one first, so that the same few threads take turns on the
 //    sources (warmer caches, and less memory kept by per-thread malloc
@@ -90,6 +91,7 @@
 #include "cc/kernels/interleave_scheduler.h"
 #include "cc/kernels/interleave_stats.h"
 #include "cc/kernels/source_pace.h"
+#include "cc/kernels/thread_state.h"
 #include "cc/kernels/worker_context.h"
 #include "tensorflow/core/framework/cancellation.h"
 #include "tensorflow/core/framework/dataset.h"
@@ -152,6 +154,19 @@ struct SourcePoolCallbacks {
   // Autotune bookkeeping: a thread of the dataset starts / stops working.
   std::function<void(Context* ctx)> record_start;
   std::function<void(Context* ctx)> record_stop;
+};
+
+// Releases a held mutex for the scope: a call to a nested iterator, or a
+// read of /proc, must not hold the pool's lock.
+class ScopedUnlock {
+ public:
+  explicit ScopedUnlock(tensorflow::mutex* mu) : mu_(mu) { mu_->unlock(); }
+  ~ScopedUnlock() { mu_->lock(); }
+  ScopedUnlock(const ScopedUnlock&) = delete;
+  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
+
+ private:
+  tensorflow::mutex* const mu_;
 };
 
 class SourcePool : public StatsSource {
@@ -268,6 +283,11 @@ class SourcePool : public StatsSource {
   void WorkerThread(int64_t rank) TF_LOCKS_EXCLUDED(mu_);
   // Picks the next task and claims its seat; kNone when there is none.
   Task NextTask() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Once the consumer's inline call has lasted kInlineWatchNanos, the first
+  // other thread to pass by (the watcher, or a worker between tasks) reads
+  // whether the consumer's thread is blocked or only preempted, without
+  // `mu_` meanwhile.
+  void LookAtInlineCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A worker is about to call the seat's nested iterator (see
   // `SourcePace::StragglerCostNanos`).
   void NoteCallStart(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -443,10 +463,6 @@ class SourcePool : public StatsSource {
   // that long, they fill the buffers for its return.
   static constexpr int64_t kInlineWatchNanos = 1000 * 1000;
   static constexpr int64_t kInlineRecentNanos = 10 * 1000 * 1000;
-  // Elements delivered without inline calls after one blocked in sloppy
-  // mode (see `ProduceInline`): the first time, and at most.
-  static constexpr int64_t kSloppyInlinePauseElements = 4096;
-  static constexpr int64_t kMaxSloppyInlinePauseElements = 1 << 24;
   // The consumer's inline calls (see `ProduceInline`): when the current one
   // started (0: none runs), when the last one did, whether an idle worker
   // watches them, and whether the current one has lasted long enough that
@@ -456,15 +472,18 @@ class SourcePool : public StatsSource {
   bool watcher_ TF_GUARDED_BY(mu_) = false;
   bool watch_called_ TF_GUARDED_BY(mu_) = false;  // See `CallWatcher`.
   bool inline_stalled_ TF_GUARDED_BY(mu_) = false;
+  // The current inline call's thread, whether another thread has looked at
+  // it once the call had lasted kInlineWatchNanos, and what it saw (see
+  // `LookAtInlineCall`).
+  int64_t inline_thread_id_ TF_GUARDED_BY(mu_) = -1;
+  bool inline_looked_at_ TF_GUARDED_BY(mu_) = false;
+  ThreadRunState inline_seen_ TF_GUARDED_BY(mu_) = ThreadRunState::kUnknown;
   // Whether the consumer is in `GetNext`, and when it last left: while it is
   // away, the watcher refills the buffers of sources it produces itself.
   bool consumer_inside_ TF_GUARDED_BY(mu_) = false;
   int64_t consumer_left_nanos_ TF_GUARDED_BY(mu_) = 0;
-  // Sloppy: no inline call until `delivered_` reaches this (see
-  // `ProduceInline`).
-  int64_t inline_paused_until_ TF_GUARDED_BY(mu_) = 0;
-  int64_t inline_pause_elements_ TF_GUARDED_BY(mu_) =
-      kSloppyInlinePauseElements;
+  // Sloppy: when inline calls wait after one blocked (see `ProduceInline`).
+  InlinePause inline_pause_ TF_GUARDED_BY(mu_);
   // Sloppy: where sources' ends blocked (or whether their opens did, before
   // any has ended), so that the consumer leaves those calls to workers.
   SlowEnds slow_ends_ TF_GUARDED_BY(mu_);

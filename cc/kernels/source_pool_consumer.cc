@@ -23,19 +23,6 @@ using ::tensorflow::Tensor;
 using ::tensorflow::data::IteratorBase;
 using ::tensorflow::data::IteratorContext;
 
-// Releases a held mutex for the scope: the consumer produces an element
-// without holding the pool's lock.
-class ScopedUnlock {
- public:
-  explicit ScopedUnlock(tensorflow::mutex* mu) : mu_(mu) { mu_->unlock(); }
-  ~ScopedUnlock() { mu_->lock(); }
-  ScopedUnlock(const ScopedUnlock&) = delete;
-  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
-
- private:
-  tensorflow::mutex* const mu_;
-};
-
 }  // namespace
 
 std::vector<const SourcePool::Seat*> SourcePool::PendingCycleSeats() const {
@@ -327,7 +314,7 @@ bool SourcePool::ConsumerProduces(const Seat& seat) const {
          options_.input_retries == 0 &&
          (!options_.sloppy ||
           (seat.pace.proven() && !slow_ends_.Expected(seat.produced) &&
-           delivered_ >= inline_paused_until_));
+           !inline_pause_.Paused(delivered_)));
 }
 
 bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
@@ -345,6 +332,9 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   task.kind = TaskKind::kProduce;
   task.seat = seat;
   inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
+  inline_thread_id_ = CurrentThreadId();
+  inline_looked_at_ = false;
+  inline_seen_ = ThreadRunState::kUnknown;
   // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
   // does, inline calls in a row need no wake-up.
   if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();
@@ -354,13 +344,10 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   }
   inline_start_nanos_ = 0;
   inline_stalled_ = false;
-  if (options_.sloppy && task.elapsed_nanos >= kInlineWatchNanos) {
-    // Sloppy: while the consumer sat in that call, other sources may have
-    // had elements for it. Where that happens, workers produce for a while,
-    // eight times longer each time.
-    inline_paused_until_ = delivered_ + inline_pause_elements_;
-    inline_pause_elements_ =
-        std::min(8 * inline_pause_elements_, kMaxSloppyInlinePauseElements);
+  if (options_.sloppy) {
+    // While the consumer sat in a call that blocked, other sources may have
+    // had elements for it: workers then produce for a while.
+    inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_);
   }
   if (--active_calls_ == 0 && pause_requests_ > 0) {
     pause_cond_var_.notify_all();

@@ -1,5 +1,5 @@
-// Unit tests of SourcePace and SlowEnds: how a source's measured calls
-// decide who produces its elements.
+// Unit tests of SourcePace, SlowEnds and InlinePause: how measured calls
+// decide who produces a source's elements.
 #include "cc/kernels/source_pace.h"
 
 #include <cstdint>
@@ -196,9 +196,25 @@ TEST(ProvenAfterManyCallsWithoutStall) {
   CHECK(pace.proven());
   pace.Record(SourcePace::kStallNanos + 1);
   CHECK(!pace.proven()) << "one stall is enough to lose it";
-  RecordMany(&pace, 1000, 2 * kMicros);
-  CHECK(!pace.proven());
+  RecordMany(&pace, SourcePace::kProvenCalls, 2 * kMicros);
+  CHECK(!pace.proven()) << "for kProvenCalls calls";
   CHECK(pace.kind() == Kind::kInline) << "though still inline";
+  pace.Record(2 * kMicros);
+  CHECK(pace.proven()) << "then one stall (a preempted call) is forgiven";
+  pace.Record(SourcePace::kStallNanos + 1);
+  RecordMany(&pace, 1000, 2 * kMicros);
+  CHECK(pace.blocks()) << "a second stall is not";
+  CHECK(pace.kind() == Kind::kSlow);
+}
+
+TEST(AStallAmongTheFirstCallsDelaysTheProof) {
+  SourcePace pace;
+  RecordMany(&pace, 10, 2 * kMicros);
+  pace.Record(SourcePace::kStallNanos + 1);
+  RecordMany(&pace, SourcePace::kProvenCalls, 2 * kMicros);
+  CHECK(!pace.proven()) << "kProvenCalls calls after the stall, not more";
+  pace.Record(2 * kMicros);
+  CHECK(pace.proven());
 }
 
 TEST(ResetForgetsEverything) {
@@ -276,6 +292,64 @@ TEST(SlowEndAfterSlowOpensSetsTheBar) {
   ends.RecordEnd(256, 50000 * kMicros);
   CHECK(!ends.Expected(255));
   CHECK(ends.Expected(256));
+}
+
+TEST(ShortInlineCallsNeverPause) {
+  InlinePause pause;
+  pause.RecordCall(SourcePace::kStallNanos, ThreadRunState::kWaiting, 10);
+  CHECK(!pause.Paused(10)) << "a call of exactly kStallNanos did not stall";
+}
+
+TEST(ABlockedInlineCallPausesLongerEachTime) {
+  constexpr int64_t kFirst = InlinePause::kFirstPauseElements;
+  InlinePause pause;
+  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 100);
+  CHECK(pause.Paused(100));
+  CHECK(pause.Paused(100 + kFirst - 1));
+  CHECK(!pause.Paused(100 + kFirst));
+  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting,
+                   200 + kFirst);
+  CHECK(pause.Paused(200 + kFirst + 8 * kFirst - 1));
+  CHECK(!pause.Paused(200 + kFirst + 8 * kFirst));
+  // However often, no longer than kMaxPauseElements.
+  for (int i = 0; i < 20; ++i) {
+    pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
+  }
+  CHECK(pause.Paused(InlinePause::kMaxPauseElements - 1));
+  CHECK(!pause.Paused(InlinePause::kMaxPauseElements));
+}
+
+TEST(APreemptedInlineCallDoesNotPause) {
+  InlinePause pause;
+  for (int i = 0; i < 10; ++i) {
+    pause.RecordCall(3 * SourcePace::kStallNanos, ThreadRunState::kRunnable,
+                     i);
+    CHECK(!pause.Paused(i)) << "call " << i;
+  }
+  // Once a call runs past kBlockedCallNanos, it counts as blocked whatever
+  // its thread was doing at the one look: it may have blocked after it.
+  pause.RecordCall(SourcePace::kBlockedCallNanos + 1,
+                   ThreadRunState::kRunnable, 10);
+  CHECK(pause.Paused(10));
+  CHECK(!pause.Paused(10 + InlinePause::kFirstPauseElements));
+}
+
+TEST(AnUnseenInlineCallPausesBrieflyWithoutGrowing) {
+  constexpr int64_t kFirst = InlinePause::kFirstPauseElements;
+  InlinePause pause;
+  for (int64_t i = 0; i < 5; ++i) {
+    const int64_t delivered = i * 10 * kFirst;
+    pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kUnknown,
+                     delivered);
+    CHECK(pause.Paused(delivered + kFirst - 1)) << "call " << i;
+    CHECK(!pause.Paused(delivered + kFirst)) << "call " << i;
+  }
+  // Nor does it shorten a longer pause under way.
+  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
+  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
+  CHECK(pause.Paused(8 * kFirst - 1));
+  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kUnknown, 0);
+  CHECK(pause.Paused(8 * kFirst - 1));
 }
 
 }  // namespace
