@@ -132,7 +132,7 @@ class SourcePace {
   int64_t last_nanos_ = 0;
   int64_t average_nanos_ = 0;
   int64_t stalls_ = 0;
-  int64_t calls_since_stall_ = 0;  // Every call, before the first stall.
+  int64_t calls_since_stall_ = 0;  // All calls while there was none.
   int64_t running_since_nanos_ = 0;  // 0: no call or open under way.
 };
 
@@ -188,10 +188,10 @@ class SlowEnds {
 
 // Sloppy mode: when an inline call blocked, the consumer sat in it while
 // other sources may have had elements ready; workers then produce every
-// element for a while, longer each time. A call that ran long with its
-// thread runnable throughout the check was preempted on a busy machine, not
-// blocked: producing it on a worker would not have been faster, and pausing
-// inline production for that only adds a hand-off per element.
+// element for a while, longer each time. A call whose thread another thread
+// found runnable once it had run long was preempted on a busy machine, not
+// blocked: a worker would not have produced it sooner, and pausing inline
+// production for that only adds a hand-off per element.
 class InlinePause {
  public:
   // Elements delivered without inline calls after a blocked one: the first

@@ -14,8 +14,8 @@ namespace tf_interleave {
 int64_t CurrentThreadId() {
 #if defined(__linux__)
   // One system call per thread, not per query.
-  static thread_local const int64_t kThreadId = syscall(SYS_gettid);
-  return kThreadId;
+  static thread_local const int64_t thread_id = syscall(SYS_gettid);
+  return thread_id;
 #else
   return -1;
 #endif
