@@ -4,10 +4,6 @@
 // source_pool_consumer.cc, checkpoints in source_pool_checkpoint.cc.
 #include "cc/kernels/source_pool.h"
 
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
-
 #include <algorithm>
 #include <chrono>
 #include <string>
@@ -39,17 +35,6 @@ constexpr int64_t kMaxRetryBackoffMicros = 10 * 1000 * 1000;
 constexpr size_t kFinishedInputsInStats = 64;
 // Longest input label kept.
 constexpr size_t kMaxLabelLength = 256;
-
-// Asks for the tightest timer slack on the calling thread (Linux; elsewhere
-// does nothing). Timed waits on a worker (a nested dataset's sleep, a
-// reader's poll with a timeout, a retry's backoff) otherwise end up to the
-// thread's slack late: 50 us by default, 5% of a 1 ms wait, lost on every
-// element of a latency-bound source. Threads the caller starts inherit it.
-void UsePreciseTimers() {
-#ifdef __linux__
-  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-#endif
-}
 
 int64_t BytesOf(const std::vector<Tensor>& tensors) {
   int64_t bytes = 0;

@@ -332,9 +332,12 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   task.kind = TaskKind::kProduce;
   task.seat = seat;
   inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
-  inline_thread_id_ = CurrentThreadId();
-  inline_looked_at_ = false;
-  inline_seen_ = ThreadRunState::kUnknown;
+  if (options_.sloppy) {
+    // For `LookAtInlineCall`; a deterministic pool never looks.
+    inline_thread_id_ = CurrentThreadId();
+    inline_looked_at_ = false;
+    inline_seen_ = ThreadRunState::kUnknown;
+  }
   // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
   // does, inline calls in a row need no wake-up.
   if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();

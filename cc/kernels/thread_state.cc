@@ -5,6 +5,7 @@
 #include <string>
 
 #if defined(__linux__)
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -50,6 +51,12 @@ ThreadRunState RunStateOf(int64_t thread_id) {
 #else
   (void)thread_id;
   return ThreadRunState::kUnknown;
+#endif
+}
+
+void UsePreciseTimers() {
+#if defined(__linux__)
+  prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
 #endif
 }
 

@@ -1,5 +1,5 @@
-// Unit tests of the thread-state probe: a running thread reads as runnable,
-// one asleep on a condition variable as waiting.
+// Unit tests of the thread helpers: a running thread reads as runnable, one
+// asleep on a condition variable as waiting; timer slack as asked.
 #include "cc/kernels/thread_state.h"
 
 #include <atomic>
@@ -8,6 +8,10 @@
 #include <cstdint>
 #include <mutex>  // NOLINT(build/c++11)
 #include <thread>  // NOLINT(build/c++11)
+
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #include "cc/tests/test_main.h"
 
@@ -76,6 +80,16 @@ TEST(ABusyThreadIsRunnableWhateverTheCoresDo) {
   }
   stop = true;
   spinner.join();
+}
+
+TEST(PreciseTimersAskForTheTightestSlack) {
+  std::thread thread([]() {
+    UsePreciseTimers();
+#if defined(__linux__)
+    CHECK_EQ(prctl(PR_GET_TIMERSLACK, 0UL, 0UL, 0UL, 0UL), 1);
+#endif
+  });
+  thread.join();
 }
 
 TEST(UnknownThreadsSayNothing) {
