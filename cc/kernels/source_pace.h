@@ -100,13 +100,18 @@ class SourcePace {
   bool blocks() const { return stalls_ >= kStallsToBlock; }
   // Whether the source blocks right now, for a sloppy consumer deciding to
   // take a staged source's element instead of waiting: slow per element on
-  // average (a remote read, a sleep), or in a call or open that has run
-  // longer than kBlockedCallNanos. Shorter calls may only be waiting for a
-  // core; on a machine busy with the other sources' work, taking from
-  // staging then spreads the reading over more inputs for nothing (more
-  // memory touched, more page faults).
+  // average (a remote read, a sleep) and in its last call too, or in a call
+  // or open that has run longer than kBlockedCallNanos. Shorter calls may
+  // only be waiting for a core; on a machine busy with the other sources'
+  // work, taking from staging then spreads the reading over more inputs for
+  // nothing (more memory touched, more page faults). The last call must be
+  // slow too because one preempted call lifts the average over kStallNanos
+  // for several calls after it.
   bool Blocking(int64_t now_nanos) const {
-    if (calls_ >= 2 && average_nanos_ > kStallNanos) return true;
+    if (calls_ >= 2 && average_nanos_ > kStallNanos &&
+        last_nanos_ > kStallNanos) {
+      return true;
+    }
     return running_since_nanos_ > 0 &&
            now_nanos - running_since_nanos_ > kBlockedCallNanos;
   }

@@ -79,6 +79,14 @@ TEST(BlockingNeedsASlowAverageOrALongCallUnderWay) {
   pace.Record(12 * kMillis);
   CHECK_EQ(pace.BlockingFromNanos(), 0) << "no call under way";
   CHECK(pace.Blocking(kNow)) << "a call that long weighs in the average";
+  // One cheap call after it: the average is still over kStallNanos, but a
+  // preempted call makes such a spike as well as a blocking one.
+  pace.Record(80 * kMicros);
+  CHECK(pace.average_nanos() > SourcePace::kStallNanos) << pace.average_nanos();
+  CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
+  // Slow calls again: the average and the last call both say it blocks.
+  pace.Record(4 * kMillis);
+  CHECK(pace.Blocking(kNow)) << pace.average_nanos();
   RecordMany(&pace, 8, 80 * kMicros);
   CHECK(!pace.Blocking(kNow)) << pace.average_nanos();
   // Elements that each wait over kStallNanos (a sleep, a remote read).
