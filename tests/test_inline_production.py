@@ -13,14 +13,15 @@ exactly the reference order (deterministic) or the same multiset (sloppy).
 from __future__ import annotations
 
 import time
-from typing import Any, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 import tf_interleave
-from pipelines import STRIDE, Straggler, bounded, collect, nested_values, run_session_until_end
+from pipelines import STRIDE, Straggler, bounded, collect, live_stats_ids, nested_values, run_session_until_end, \
+    the_new_stats_entry
 from reference_model import interleave_order
 
 # More elements than it takes an input to count as cheap (and, for sloppy
@@ -205,3 +206,77 @@ def test_inputs_that_block_at_their_end_in_a_tf_function(sloppy: bool) -> None:
         assert sorted(values) == sorted(expected)
     else:
         assert values == expected
+
+
+def _entry_and_values(dataset: tf.data.Dataset, taken: int) -> Tuple[Dict[str, Any], List[Any]]:
+    """The dataset's stats entry, read once ``taken`` elements are taken, and all of its elements."""
+    earlier = live_stats_ids(tf_interleave)
+    iterator = iter(dataset)
+    values = [next(iterator).numpy() for _ in range(taken)]
+    entry = the_new_stats_entry(tf_interleave, earlier)
+    return entry, values + [value.numpy() for value in iterator]
+
+
+@pytest.mark.parametrize("produce_inline", [True, False], ids=["inline", "no_inline"])
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool) -> None:
+    # Cheap inputs, long enough to count as cheap (and, sloppy, as proven): the consumer produces
+    # some of their elements itself, never more than it was given; none with produce_inline=False.
+    inputs, per_input = 4, 400
+    dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
+        lambda x: tf.data.Dataset.range(STRIDE * x, STRIDE * x + per_input), 2, sloppy=sloppy,
+        produce_inline=produce_inline))
+    taken = inputs * per_input - 10
+    entry, values = bounded(_entry_and_values, dataset, taken)
+    values = [int(value) for value in values]
+    assert sorted(values) == sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
+    # tf.data's injected prefetch may have taken a few more than the test.
+    assert entry["elements"] >= taken, entry
+    if produce_inline:
+        assert 0 < entry["inline_elements"] <= entry["elements"] + entry["buffered_elements"], entry
+    else:
+        assert entry["inline_elements"] == 0, entry
+    if not sloppy:
+        assert entry["inline_pauses"] == 0, entry
+
+
+PAUSE_ATTEMPTS = 3
+
+
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_stats_count_a_pause_after_an_inline_call_that_blocked(sloppy: bool) -> None:
+    # Input 0 yields 300 cheap elements, then one that takes 300 ms. Read inline, that call keeps the
+    # consumer away from the other inputs' ready elements: a sloppy consumer then leaves every input
+    # to the workers for a while and counts the pause. The deterministic order waits for that element
+    # anyway, so a deterministic consumer never pauses.
+    inputs, per_input, cheap = 6, 301, 300
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        delay = tf.where(tf.equal(index, 0), tf.constant(300_000, tf.int64), tf.constant(0, tf.int64))
+        last = tf.data.Dataset.range(STRIDE * index + cheap, STRIDE * index + per_input).apply(testing.sleep(delay))
+        return tf.data.Dataset.range(STRIDE * index, STRIDE * index + cheap).concatenate(last)
+
+    # One batch of all elements but the last keeps the consumer calling (a worker takes over a cheap
+    # input's reading while the consumer is away); without tf.data's prefetch the interleave is still
+    # alive after that batch, for its stats entry.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    total = inputs * per_input
+    dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(map_func, 3, sloppy=sloppy)
+                                                  ).batch(total - 1).with_options(options)
+    expected = sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
+    # Only an inline call can pause, and on a busy machine preempted calls may keep input 0 away from
+    # the consumer (two calls over 1 ms leave an input to the workers for good): a few attempts.
+    pauses = []
+    for _ in range(PAUSE_ATTEMPTS):
+        entry, batches = bounded(_entry_and_values, dataset, 1)
+        assert entry["elements"] == total - 1, entry
+        assert sorted(int(value) for batch in batches for value in batch) == expected
+        pauses.append(entry["inline_pauses"])
+        if not sloppy:
+            assert entry["inline_pauses"] == 0, entry
+        elif entry["inline_pauses"] >= 1:
+            break
+    if sloppy:
+        assert max(pauses) >= 1, pauses

@@ -43,7 +43,7 @@ INT64_BYTES = 8
 TOP_LEVEL_KEYS = {
     "elements": int, "bytes": int, "buffered_elements": int, "buffered_bytes": int,
     "memory_budget_bytes": int, "consumer_wait_seconds": float, "sloppy_skips": int, "promoted_inputs": int,
-    "staged_elements": int,
+    "staged_elements": int, "inline_elements": int, "inline_pauses": int,
     "retries": int,
     "stall_warnings": int, "skipped_inputs": list, "inputs": list,
 }

@@ -39,8 +39,12 @@ def stats() -> List[Dict[str, Any]]:
     `promoted_inputs` (sloppy mode: slow inputs that entered the cycle ahead
     of faster ones staged before them), `staged_elements` (sloppy mode:
     elements taken from staged inputs while no input of the cycle had one
-    ready and one of them was blocked), `retries`, `stall_warnings`, `skipped_inputs` (input label, element index
-    and error of each skipped input), and `inputs`: per input (the open ones
+    ready and one of them was blocked), `inline_elements` (elements the
+    thread calling `get_next` produced itself, from inputs cheaper than a
+    hand-off to a worker), `inline_pauses` (sloppy mode: inline calls that
+    blocked, after which workers produced every element for a while),
+    `retries`, `stall_warnings`, `skipped_inputs` (input label, element
+    index and error of each skipped input), and `inputs`: per input (the open ones
     and the most recent finished ones) its `label` (the input element when
     it is a scalar string such as a file name, else `input #k`), `state`,
     `elements`, `bytes`, buffer fill, `consumer_wait_seconds` and `retries`.

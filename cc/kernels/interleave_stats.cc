@@ -84,7 +84,9 @@ std::string StatsToJson(const IteratorStats& s) {
       ",\"waiting_on\":", s.waiting_on.empty() ? "null" : Quote(s.waiting_on),
       ",\"sloppy_skips\":", s.sloppy_skips,
       ",\"promoted_inputs\":", s.promoted_inputs,
-      ",\"staged_elements\":", s.staged_elements, ",\"retries\":", s.retries,
+      ",\"staged_elements\":", s.staged_elements,
+      ",\"inline_elements\":", s.inline_elements,
+      ",\"inline_pauses\":", s.inline_pauses, ",\"retries\":", s.retries,
       ",\"stall_warnings\":", s.stall_warnings,
       ",\"inputs\":", List(s.inputs, InputToJson),
       ",\"skipped_inputs\":", List(s.skipped_inputs, SkippedToJson), "}");

@@ -57,6 +57,11 @@ struct IteratorStats {
   int64_t promoted_inputs = 0;
   // Sloppy: elements taken from staged inputs while the cycle had none.
   int64_t staged_elements = 0;
+  // Elements the thread calling `GetNext` produced itself (cheap inputs).
+  int64_t inline_elements = 0;
+  // Sloppy: inline calls that blocked, after which workers produced every
+  // element for a while.
+  int64_t inline_pauses = 0;
   int64_t retries = 0;
   int64_t stall_warnings = 0;
   std::vector<InputStats> inputs;

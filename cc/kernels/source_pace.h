@@ -207,17 +207,22 @@ class InlinePause {
   // An inline call took `nanos` once `delivered` elements had been
   // delivered. `seen` is what its thread was doing when another thread
   // looked, once the call had lasted SourcePace::kStallNanos (kUnknown: no
-  // thread could look, or the system does not say).
-  void RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered) {
-    if (nanos <= SourcePace::kStallNanos) return;
+  // thread could look, or the system does not say). Returns whether the call
+  // pauses inline production (counted in the iterator's stats).
+  bool RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered) {
+    if (nanos <= SourcePace::kStallNanos) return false;
     if (seen == ThreadRunState::kWaiting ||
         nanos > SourcePace::kBlockedCallNanos) {
       paused_until_ = std::max(paused_until_, delivered + next_pause_);
       next_pause_ = std::min(8 * next_pause_, kMaxPauseElements);
-    } else if (seen == ThreadRunState::kUnknown) {
+      return true;
+    }
+    if (seen == ThreadRunState::kUnknown) {
       // Nothing says it blocked: a short pause that does not grow.
       paused_until_ = std::max(paused_until_, delivered + kFirstPauseElements);
+      return true;
     }
+    return false;
   }
 
   // Whether inline production waits until more elements are delivered.

@@ -794,6 +794,8 @@ IteratorStats SourcePool::Stats() const {
   stats.sloppy_skips = scheduler_.state().sloppy_skips;
   stats.promoted_inputs = scheduler_.state().promotions;
   stats.staged_elements = staged_elements_;
+  stats.inline_elements = inline_elements_;
+  stats.inline_pauses = inline_pauses_;
   stats.retries = retries_;
   stats.stall_warnings = stall_warnings_;
   stats.skipped_inputs = skipped_inputs_;

@@ -508,6 +508,10 @@ class SourcePool : public StatsSource {
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;
   // Sloppy: elements taken from staged sources (stats only).
   int64_t staged_elements_ TF_GUARDED_BY(mu_) = 0;
+  // Elements the consumer's thread produced itself (`ProduceInline`), and
+  // the inline calls that paused that (sloppy, `InlinePause`).
+  int64_t inline_elements_ TF_GUARDED_BY(mu_) = 0;
+  int64_t inline_pauses_ TF_GUARDED_BY(mu_) = 0;
   // Sloppy: when not 0, the consumer's next wait ends at this clock reading
   // at the latest, to ask again whether the cycle blocks (`CycleBlocksFrom`).
   int64_t recheck_staging_at_nanos_ TF_GUARDED_BY(mu_) = 0;

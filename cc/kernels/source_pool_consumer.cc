@@ -347,10 +347,12 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   }
   inline_start_nanos_ = 0;
   inline_stalled_ = false;
-  if (options_.sloppy) {
-    // While the consumer sat in a call that blocked, other sources may have
-    // had elements for it: workers then produce for a while.
-    inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_);
+  if (task.status.ok() && !task.end) ++inline_elements_;
+  // While the consumer sat in a call that blocked, other sources may have
+  // had elements for it: workers then produce for a while.
+  if (options_.sloppy &&
+      inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_)) {
+    ++inline_pauses_;
   }
   if (--active_calls_ == 0 && pause_requests_ > 0) {
     pause_cond_var_.notify_all();

@@ -304,14 +304,16 @@ TEST(SlowEndAfterSlowOpensSetsTheBar) {
 
 TEST(ShortInlineCallsNeverPause) {
   InlinePause pause;
-  pause.RecordCall(SourcePace::kStallNanos, ThreadRunState::kWaiting, 10);
+  CHECK(!pause.RecordCall(SourcePace::kStallNanos, ThreadRunState::kWaiting,
+                          10));
   CHECK(!pause.Paused(10)) << "a call of exactly kStallNanos did not stall";
 }
 
 TEST(ABlockedInlineCallPausesLongerEachTime) {
   constexpr int64_t kFirst = InlinePause::kFirstPauseElements;
   InlinePause pause;
-  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 100);
+  CHECK(pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting,
+                         100));
   CHECK(pause.Paused(100));
   CHECK(pause.Paused(100 + kFirst - 1));
   CHECK(!pause.Paused(100 + kFirst));
@@ -330,14 +332,15 @@ TEST(ABlockedInlineCallPausesLongerEachTime) {
 TEST(APreemptedInlineCallDoesNotPause) {
   InlinePause pause;
   for (int i = 0; i < 10; ++i) {
-    pause.RecordCall(3 * SourcePace::kStallNanos, ThreadRunState::kRunnable,
-                     i);
+    CHECK(!pause.RecordCall(3 * SourcePace::kStallNanos,
+                            ThreadRunState::kRunnable, i))
+        << "call " << i;
     CHECK(!pause.Paused(i)) << "call " << i;
   }
   // Once a call runs past kBlockedCallNanos, it counts as blocked whatever
   // its thread was doing at the one look: it may have blocked after it.
-  pause.RecordCall(SourcePace::kBlockedCallNanos + 1,
-                   ThreadRunState::kRunnable, 10);
+  CHECK(pause.RecordCall(SourcePace::kBlockedCallNanos + 1,
+                         ThreadRunState::kRunnable, 10));
   CHECK(pause.Paused(10));
   CHECK(!pause.Paused(10 + InlinePause::kFirstPauseElements));
 }
@@ -347,8 +350,9 @@ TEST(AnUnseenInlineCallPausesBrieflyWithoutGrowing) {
   InlinePause pause;
   for (int64_t i = 0; i < 5; ++i) {
     const int64_t delivered = i * 10 * kFirst;
-    pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kUnknown,
-                     delivered);
+    CHECK(pause.RecordCall(2 * SourcePace::kStallNanos,
+                           ThreadRunState::kUnknown, delivered))
+        << "call " << i;
     CHECK(pause.Paused(delivered + kFirst - 1)) << "call " << i;
     CHECK(!pause.Paused(delivered + kFirst)) << "call " << i;
   }
