@@ -13,7 +13,7 @@ exactly the reference order (deterministic) or the same multiset (sloppy).
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 import tensorflow as tf
@@ -217,17 +217,56 @@ def _entry_and_values(dataset: tf.data.Dataset, taken: int) -> Tuple[Dict[str, A
     return entry, values + [value.numpy() for value in iterator]
 
 
+def _entry_and_values_in_graph(dataset_fn: Callable[[], tf.data.Dataset], taken: int
+                               ) -> Tuple[Dict[str, Any], List[Any]]:
+    """``_entry_and_values`` with the dataset built and read by a TF1 session."""
+    with tf.Graph().as_default():
+        next_element = tf.compat.v1.data.make_one_shot_iterator(dataset_fn()).get_next()
+        with tf.compat.v1.Session() as session:
+            earlier = live_stats_ids(tf_interleave)
+            values = [session.run(next_element) for _ in range(taken)]
+            entry = the_new_stats_entry(tf_interleave, earlier)
+            return entry, values + run_session_until_end(session, next_element)
+
+
+def _entry_and_values_in_tf_function(dataset: tf.data.Dataset, taken: int) -> Tuple[Dict[str, Any], List[Any]]:
+    """``_entry_and_values`` with the first ``taken`` elements read inside one ``tf.function`` call."""
+    earlier = live_stats_ids(tf_interleave)
+    iterator = iter(dataset)
+
+    @tf.function
+    def take() -> tf.Tensor:
+        values = tf.TensorArray(tf.int64, size=taken)
+        for i in tf.range(taken):
+            values = values.write(i, next(iterator))
+        return values.stack()
+
+    values = list(take().numpy())
+    entry = the_new_stats_entry(tf_interleave, earlier)
+    return entry, values + [value.numpy() for value in iterator]
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf_function", "graph"])
 @pytest.mark.parametrize("produce_inline", [True, False], ids=["inline", "no_inline"])
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
-def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool) -> None:
+def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool, mode: str) -> None:
     # Cheap inputs, long enough to count as cheap (and, sloppy, as proven): the consumer produces
     # some of their elements itself, never more than it was given; none with produce_inline=False.
+    # In a TF1 session the consumer is one of the session's threads.
     inputs, per_input = 4, 400
-    dataset = tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
-        lambda x: tf.data.Dataset.range(STRIDE * x, STRIDE * x + per_input), 2, sloppy=sloppy,
-        produce_inline=produce_inline))
+
+    def make_dataset() -> tf.data.Dataset:
+        return tf.data.Dataset.range(inputs).apply(tf_interleave.parallel_interleave(
+            lambda x: tf.data.Dataset.range(STRIDE * x, STRIDE * x + per_input), 2, sloppy=sloppy,
+            produce_inline=produce_inline))
+
     taken = inputs * per_input - 10
-    entry, values = bounded(_entry_and_values, dataset, taken)
+    if mode == "graph":
+        entry, values = bounded(_entry_and_values_in_graph, make_dataset, taken)
+    elif mode == "tf_function":
+        entry, values = bounded(_entry_and_values_in_tf_function, make_dataset(), taken)
+    else:
+        entry, values = bounded(_entry_and_values, make_dataset(), taken)
     values = [int(value) for value in values]
     assert sorted(values) == sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
     # tf.data's injected prefetch may have taken a few more than the test.
