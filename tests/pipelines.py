@@ -96,6 +96,53 @@ def the_new_stats_entry(tfi: Any, before: set) -> Dict[str, Any]:
     return fresh[0]
 
 
+# How a test reads a pipeline: eagerly, in ``tf.function`` calls, or with a TF1 session.
+READ_MODES = ("eager", "tf_function", "graph")
+
+
+def take_with_stats(tfi: Any, make_dataset: Callable[[], tf.data.Dataset], taken: int, mode: str
+                    ) -> Tuple[Dict[str, Any], List[Any]]:
+    """Takes ``taken`` elements, reads the iterator's stats entry, then drains the rest.
+
+    Args:
+      tfi: the ``tf_interleave`` module.
+      make_dataset: builds the pipeline (called inside the graph in ``"graph"`` mode).
+      taken: how many int64 elements (or batches) to take before the stats are read.
+      mode: one of ``READ_MODES``; in ``"tf_function"`` mode the first ``taken``
+        elements are read by one ``tf.function`` call.
+
+    Returns:
+      The stats entry of the one iterator this created, and every element as Python values.
+    """
+    if mode == "graph":
+        with tf.Graph().as_default():
+            next_element = tf.compat.v1.data.make_one_shot_iterator(make_dataset()).get_next()
+            with tf.compat.v1.Session() as session:
+                before = live_stats_ids(tfi)
+                values = [to_python(session.run(next_element)) for _ in range(taken)]
+                entry = the_new_stats_entry(tfi, before)
+                return entry, values + run_session_until_end(session, next_element)
+    dataset = make_dataset()
+    before = live_stats_ids(tfi)
+    iterator = iter(dataset)
+    if mode == "tf_function":
+
+        @tf.function
+        def take() -> tf.Tensor:
+            elements = tf.TensorArray(tf.int64, size=taken)
+            for i in tf.range(taken):
+                elements = elements.write(i, next(iterator))
+            return elements.stack()
+
+        values = [to_python(value) for value in take().numpy()]
+    elif mode == "eager":
+        values = [to_python(next(iterator).numpy()) for _ in range(taken)]
+    else:
+        raise ValueError(f"mode must be one of {READ_MODES}, got {mode!r}")
+    entry = the_new_stats_entry(tfi, before)
+    return entry, values + [to_python(value.numpy()) for value in iterator]
+
+
 @dataclasses.dataclass(frozen=True)
 class Failure:
     """An error delivered in place of an element; ``kind`` is the exception class name."""

@@ -18,7 +18,6 @@ must come back to where it was.
 from __future__ import annotations
 
 import gc
-import os
 import random
 import threading
 import time

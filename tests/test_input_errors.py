@@ -17,12 +17,7 @@ transient errors from a ``tf.py_function`` with a Python-side counter.
 from __future__ import annotations
 
 import collections
-import json
-import os
 import pathlib
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import types

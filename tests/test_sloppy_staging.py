@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import collections
 import types
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, live_stats_ids, \
-    nested_values, run_session_until_end, sized_input, the_new_stats_entry, to_python
+from pipelines import READ_MODES, Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, \
+    live_stats_ids, nested_values, run_session_until_end, sized_input, take_with_stats, the_new_stats_entry, to_python
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -248,36 +248,15 @@ def _short_calls_dataset(tfi: types.ModuleType) -> tf.data.Dataset:
     ).batch(BATCH).with_options(options)
 
 
-@pytest.mark.parametrize("mode", ["eager", "tf.function", "graph"])
+@pytest.mark.parametrize("mode", READ_MODES)
 def test_busy_but_not_blocked_cycle_keeps_staged_inputs_waiting(tfi: types.ModuleType, mode: str) -> None:
     """Sloppy mode reads a staged input only while the cycle blocks; an input whose calls are merely short
     keeps its turn (taking the staged input's elements then would only spread the reading over more memory)."""
     expected = sorted(list(range(PER_INPUT)) + list(range(1000, 1000 + PER_INPUT)))
     # Every batch but the last, then the stats entry, then the last batch.
     first_batches = len(expected) // BATCH - 1
-
-    def eager_or_function() -> Tuple[List[int], Dict[str, Any]]:
-        before = live_stats_ids(tfi)
-        iterator = iter(_short_calls_dataset(tfi))
-        if mode == "eager":
-            batches = [next(iterator).numpy() for _ in range(first_batches)]
-        else:
-            batches = list(_take(iterator, first_batches).numpy())
-        entry = the_new_stats_entry(tfi, before)
-        batches += [batch.numpy() for batch in iterator]
-        return [int(value) for batch in batches for value in batch], entry
-
-    def in_graph() -> Tuple[List[int], Dict[str, Any]]:
-        with tf.Graph().as_default():
-            next_batch = tf.compat.v1.data.make_one_shot_iterator(_short_calls_dataset(tfi)).get_next()
-            with tf.compat.v1.Session() as session:
-                before = live_stats_ids(tfi)
-                batches = [session.run(next_batch) for _ in range(first_batches)]
-                entry = the_new_stats_entry(tfi, before)
-                batches += run_session_until_end(session, next_batch)
-        return [int(value) for batch in batches for value in batch], entry
-
-    values, entry = bounded(in_graph if mode == "graph" else eager_or_function)
+    entry, batches = bounded(take_with_stats, tfi, lambda: _short_calls_dataset(tfi), first_batches, mode)
+    values = [value for batch in batches for value in batch]
     assert sorted(values) == expected
     assert entry["elements"] == len(expected) - BATCH, entry
     assert entry["staged_elements"] <= STAGED_ALLOWANCE, entry
