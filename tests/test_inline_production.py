@@ -13,15 +13,15 @@ exactly the reference order (deterministic) or the same multiset (sloppy).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 import tf_interleave
-from pipelines import STRIDE, Straggler, bounded, collect, live_stats_ids, nested_values, run_session_until_end, \
-    the_new_stats_entry
+from pipelines import READ_MODES, STRIDE, Straggler, bounded, collect, live_stats_ids, nested_values, \
+    run_session_until_end, take_with_stats, the_new_stats_entry
 from reference_model import interleave_order
 
 # More elements than it takes an input to count as cheap (and, for sloppy
@@ -208,45 +208,7 @@ def test_inputs_that_block_at_their_end_in_a_tf_function(sloppy: bool) -> None:
         assert values == expected
 
 
-def _entry_and_values(dataset: tf.data.Dataset, taken: int) -> Tuple[Dict[str, Any], List[Any]]:
-    """The dataset's stats entry, read once ``taken`` elements are taken, and all of its elements."""
-    earlier = live_stats_ids(tf_interleave)
-    iterator = iter(dataset)
-    values = [next(iterator).numpy() for _ in range(taken)]
-    entry = the_new_stats_entry(tf_interleave, earlier)
-    return entry, values + [value.numpy() for value in iterator]
-
-
-def _entry_and_values_in_graph(dataset_fn: Callable[[], tf.data.Dataset], taken: int
-                               ) -> Tuple[Dict[str, Any], List[Any]]:
-    """``_entry_and_values`` with the dataset built and read by a TF1 session."""
-    with tf.Graph().as_default():
-        next_element = tf.compat.v1.data.make_one_shot_iterator(dataset_fn()).get_next()
-        with tf.compat.v1.Session() as session:
-            earlier = live_stats_ids(tf_interleave)
-            values = [session.run(next_element) for _ in range(taken)]
-            entry = the_new_stats_entry(tf_interleave, earlier)
-            return entry, values + run_session_until_end(session, next_element)
-
-
-def _entry_and_values_in_tf_function(dataset: tf.data.Dataset, taken: int) -> Tuple[Dict[str, Any], List[Any]]:
-    """``_entry_and_values`` with the first ``taken`` elements read inside one ``tf.function`` call."""
-    earlier = live_stats_ids(tf_interleave)
-    iterator = iter(dataset)
-
-    @tf.function
-    def take() -> tf.Tensor:
-        values = tf.TensorArray(tf.int64, size=taken)
-        for i in tf.range(taken):
-            values = values.write(i, next(iterator))
-        return values.stack()
-
-    values = list(take().numpy())
-    entry = the_new_stats_entry(tf_interleave, earlier)
-    return entry, values + [value.numpy() for value in iterator]
-
-
-@pytest.mark.parametrize("mode", ["eager", "tf_function", "graph"])
+@pytest.mark.parametrize("mode", READ_MODES)
 @pytest.mark.parametrize("produce_inline", [True, False], ids=["inline", "no_inline"])
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
 def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool, mode: str) -> None:
@@ -261,13 +223,7 @@ def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool
             produce_inline=produce_inline))
 
     taken = inputs * per_input - 10
-    if mode == "graph":
-        entry, values = bounded(_entry_and_values_in_graph, make_dataset, taken)
-    elif mode == "tf_function":
-        entry, values = bounded(_entry_and_values_in_tf_function, make_dataset(), taken)
-    else:
-        entry, values = bounded(_entry_and_values, make_dataset(), taken)
-    values = [int(value) for value in values]
+    entry, values = bounded(take_with_stats, tf_interleave, make_dataset, taken, mode)
     assert sorted(values) == sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
     # tf.data's injected prefetch may have taken a few more than the test.
     assert entry["elements"] >= taken, entry
@@ -309,9 +265,9 @@ def test_stats_count_a_pause_after_an_inline_call_that_blocked(sloppy: bool) -> 
     # the consumer (two calls over 1 ms leave an input to the workers for good): a few attempts.
     pauses = []
     for _ in range(PAUSE_ATTEMPTS):
-        entry, batches = bounded(_entry_and_values, dataset, 1)
+        entry, batches = bounded(take_with_stats, tf_interleave, lambda: dataset, 1, "eager")
         assert entry["elements"] == total - 1, entry
-        assert sorted(int(value) for batch in batches for value in batch) == expected
+        assert sorted(value for batch in batches for value in batch) == expected
         pauses.append(entry["inline_pauses"])
         if not sloppy:
             assert entry["inline_pauses"] == 0, entry
@@ -319,3 +275,79 @@ def test_stats_count_a_pause_after_an_inline_call_that_blocked(sloppy: bool) -> 
             break
     if sloppy:
         assert max(pauses) >= 1, pauses
+
+
+# How long the busy call takes when measured alone (inline, it takes about half that): well past the
+# 1 ms after which another thread looks at the consumer, under the 10 ms after which any call counts as
+# blocked.
+BUSY_CALL_SECONDS = 0.004
+# The longest `next` of an attempt that says the busy call ran inline without being held up much.
+CONCLUSIVE_SECONDS = (0.0015, 0.008)
+BUSY_ATTEMPTS = 5
+
+
+def _values_for_a_busy_call() -> int:
+    """How many values ``range(n).batch(n)`` must gather for one ``next`` to take ``BUSY_CALL_SECONDS``."""
+    probe = 200_000
+    iterator = iter(tf.data.Dataset.range(probe).batch(probe).repeat(6))
+    next(iterator)
+    durations = []
+    for _ in range(5):
+        start = time.perf_counter()
+        next(iterator)
+        durations.append(time.perf_counter() - start)
+    return max(1000, int(probe * BUSY_CALL_SECONDS / min(durations)))
+
+
+def test_sloppy_consumer_busy_in_an_inline_call_does_not_pause() -> None:
+    # Input 0 yields 300 cheap elements, then one that keeps its thread busy for a few ms: a batch that
+    # gathers its values on the calling thread. Read inline, that call is long but not blocked: the
+    # thread that looks at the consumer after 1 ms finds it running, so inline production goes on (a
+    # blocked call pauses it, see above). The consumer reads input 0 inline when nothing else holds it
+    # up; then one `next` lasts as long as the busy call (the element it returns may be another input's).
+    # On a busy machine the call may also be preempted past 10 ms or not be looked at in time, and then
+    # it pauses rightly: a few attempts.
+    inputs, cheap = 6, 300
+    busy_values = _values_for_a_busy_call()
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        first = STRIDE * index
+        cheap_elements = tf.data.Dataset.range(first, first + cheap).batch(1)
+        busy_count = tf.where(tf.equal(index, 0), tf.constant(busy_values, tf.int64), tf.constant(0, tf.int64))
+        return cheap_elements.concatenate(tf.data.Dataset.range(busy_count).batch(busy_values))
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False  # the Python caller is the consumer
+    dataset = tf.data.Dataset.range(inputs).apply(
+        tf_interleave.parallel_interleave(map_func, 3, sloppy=True)).with_options(options)
+    total = inputs * cheap + 1
+    expected = sorted([v for vs in nested_values([cheap] * inputs) for v in vs] + list(range(busy_values)))
+
+    def attempt() -> Tuple[float, int]:
+        earlier = live_stats_ids(tf_interleave)
+        iterator = iter(dataset)
+        longest_next_seconds, values = 0.0, []
+        for _ in range(total):
+            start = time.perf_counter()
+            element = next(iterator).numpy()
+            longest_next_seconds = max(longest_next_seconds, time.perf_counter() - start)
+            values.extend(element.tolist())
+        entry = the_new_stats_entry(tf_interleave, earlier)
+        assert not list(iterator)
+        assert sorted(values) == expected
+        return longest_next_seconds, entry["inline_pauses"]
+
+    def conclusive(seconds: float) -> bool:
+        return CONCLUSIVE_SECONDS[0] <= seconds <= CONCLUSIVE_SECONDS[1]
+
+    outcomes = []
+    for _ in range(BUSY_ATTEMPTS):
+        longest_next_seconds, pauses = bounded(attempt)
+        outcomes.append((round(longest_next_seconds * 1e3, 2), pauses))
+        if conclusive(longest_next_seconds) and pauses == 0:
+            break
+    summary = f"(longest next in ms, pauses) per attempt: {outcomes}"
+    conclusive_pauses = [pauses for millis, pauses in outcomes if conclusive(millis / 1e3)]
+    assert conclusive_pauses, f"no busy call ran inline in 1.5-8 ms: {summary}"
+    assert 0 in conclusive_pauses, f"busy inline calls paused inline production: {summary}"

@@ -363,8 +363,13 @@ void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {
     // buffer topped up once empty, or one the consumer fills itself), to
     // do it if the consumer stays away.
     watcher_ = true;
-    self.cond_var.wait_for(lock,
-                           std::chrono::nanoseconds(kInlineWatchNanos));
+    // Only a sloppy consumer's calls are looked at (and marked once they are).
+    const int64_t unseen_call_start_nanos =
+        options_.sloppy && !inline_looked_at_ ? inline_start_nanos_ : 0;
+    self.cond_var.wait_for(
+        lock, std::chrono::nanoseconds(InlinePause::WatcherWaitNanos(
+                  EnvTime::NowNanos(), unseen_call_start_nanos,
+                  kInlineWatchNanos)));
     watcher_ = false;
     watch_called_ = false;
     if (self.woken) break;

@@ -364,5 +364,25 @@ TEST(AnUnseenInlineCallPausesBrieflyWithoutGrowing) {
   CHECK(pause.Paused(8 * kFirst - 1));
 }
 
+TEST(TheWatcherKeepsItsBeatWithoutAnUnseenCall) {
+  constexpr int64_t kPeriod = 1000 * 1000;
+  CHECK_EQ(InlinePause::WatcherWaitNanos(5 * kPeriod, 0, kPeriod), kPeriod);
+}
+
+TEST(TheWatcherLooksAtAnUnseenCallOncePeriodAfterItStarted) {
+  constexpr int64_t kPeriod = 1000 * 1000;
+  const int64_t start = 7 * kPeriod;
+  // Woken on its beat 0.3 periods into the call: the look is due in 0.7.
+  CHECK_EQ(InlinePause::WatcherWaitNanos(start + 3 * kPeriod / 10, start,
+                                         kPeriod),
+           7 * kPeriod / 10);
+  // Just after the call started: close to a whole period, never more.
+  CHECK_EQ(InlinePause::WatcherWaitNanos(start, start, kPeriod), kPeriod);
+  // The call has lasted a period already: at once.
+  CHECK_EQ(InlinePause::WatcherWaitNanos(start + kPeriod, start, kPeriod), 0);
+  CHECK_EQ(InlinePause::WatcherWaitNanos(start + 3 * kPeriod, start, kPeriod),
+           0);
+}
+
 }  // namespace
 }  // namespace tf_interleave
