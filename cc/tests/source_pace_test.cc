@@ -369,7 +369,7 @@ TEST(TheWatcherKeepsItsBeatWithoutAnUnseenCall) {
   CHECK_EQ(InlinePause::WatcherWaitNanos(5 * kPeriod, 0, kPeriod), kPeriod);
 }
 
-TEST(TheWatcherLooksAtAnUnseenCallOncePeriodAfterItStarted) {
+TEST(TheWatcherLooksAtAnUnseenCallOnePeriodAfterItStarted) {
   constexpr int64_t kPeriod = 1000 * 1000;
   const int64_t start = 7 * kPeriod;
   // Woken on its beat 0.3 periods into the call: the look is due in 0.7.
