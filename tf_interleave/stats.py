@@ -42,7 +42,8 @@ def stats() -> List[Dict[str, Any]]:
     ready and one of them was blocked), `inline_elements` (elements the
     thread calling `get_next` produced itself, from inputs cheaper than a
     hand-off to a worker), `inline_pauses` (sloppy mode: inline calls that
-    blocked, after which workers produced every element for a while),
+    blocked, or ran over 1 ms without another thread seeing whether they
+    did, after which workers produced every element for a while),
     `retries`, `stall_warnings`, `skipped_inputs` (input label, element
     index and error of each skipped input), and `inputs`: per input (the open ones
     and the most recent finished ones) its `label` (the input element when

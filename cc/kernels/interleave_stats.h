@@ -59,8 +59,8 @@ struct IteratorStats {
   int64_t staged_elements = 0;
   // Elements the thread calling `GetNext` produced itself (cheap inputs).
   int64_t inline_elements = 0;
-  // Sloppy: inline calls that blocked, after which workers produced every
-  // element for a while.
+  // Sloppy: inline calls that blocked (or ran over 1 ms unseen), after which
+  // workers produced every element for a while.
   int64_t inline_pauses = 0;
   int64_t retries = 0;
   int64_t stall_warnings = 0;
