@@ -13,8 +13,8 @@ for each draw what must happen:
 * otherwise exactly one of the exceptions the individual bad arguments call for: ``TypeError`` for a wrong
   type (including float, bool and string tensors and every wrong type of a keyword-only argument),
   ``tf.errors.InvalidArgumentError`` for a value out of range, a non-scalar tensor, an unknown
-  ``on_input_error`` string, ``max_skipped_inputs`` without ``on_input_error="skip"``, or more than 4096
-  worker seats (``cycle_length + prefetch_input_elements``).  No other exception type is accepted (no
+  ``on_input_error`` string, ``max_skipped_inputs`` without ``on_input_error="skip"``, or more than 65536
+  seats (``cycle_length + prefetch_input_elements``).  No other exception type is accepted (no
   ``ValueError``, ``OverflowError`` or ``AttributeError`` leaking from a conversion).
 
 In eager mode the error must come when the transformation is made or applied, never later while iterating.
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("hang_guard")
 
 SIZES = [2, 0, 3, 1, 2]
 INT64_MAX = 2**63 - 1
-MAX_SEATS = 4096
+MAX_SEATS = 2**16
 # An example that runs longer than this is cancelled and fails the test.
 HANG_SECONDS = 15
 
@@ -100,7 +100,7 @@ def int_like() -> st.SearchStrategy:
     valid_ints = st.integers(min_value=0, max_value=5)
     tensor_int = st.one_of(
         st.builds(TensorArg, st.just("int64"), st.one_of(st.integers(-3, 6), st.sampled_from(
-            [2**62, INT64_MAX, -2**63, 4096, 4097])), st.booleans()),
+            [2**62, INT64_MAX, -2**63, 4096, 4097, MAX_SEATS, MAX_SEATS + 1])), st.booleans()),
         st.builds(TensorArg, st.just("int32"), st.one_of(st.integers(-3, 6), st.sampled_from(
             [2**31 - 1, -2**31])), st.booleans()),
         st.builds(TensorArg, st.sampled_from(["uint8", "uint64"]), st.integers(0, 6), st.booleans()),
@@ -270,13 +270,11 @@ def _int_argument(value: Any, minimum: int, errors: set) -> Optional[int]:
 
 
 def _doubled(value: Any, minimum: int, errors: set) -> Optional[int]:
-    """The legacy default ``2 * value`` (saturating at the int64 maximum when ``value`` is a tensor)."""
+    """The legacy default ``2 * value``, saturating at the int64 maximum (a Python int or a tensor alike)."""
     base = _int_argument(value, 1, set())
     if base is None:
         return None  # the error is recorded for the argument itself
-    doubled = 2 * base
-    if isinstance(value, TensorArg):
-        doubled = min(doubled, INT64_MAX)
+    doubled = min(2 * base, INT64_MAX)
     if not minimum <= doubled <= INT64_MAX:
         errors.add(IAE)
         return None
@@ -483,6 +481,14 @@ PINNED = [
     _draw(cycle_length=TensorArg("int64", INT64_MAX), prefetch_input_elements=TensorArg("int64", INT64_MAX)),
     _draw(cycle_length=2**70),
     _draw(cycle_length=4096, prefetch_input_elements=0),
+    # The seat bound, with explicit and default prefetching (3 * 21845 = 65535 seats).
+    _draw(cycle_length=MAX_SEATS, prefetch_input_elements=0),
+    _draw(cycle_length=MAX_SEATS + 1, prefetch_input_elements=0),
+    _draw(cycle_length=TensorArg("int64", MAX_SEATS), prefetch_input_elements=TensorArg("int64", 0)),
+    _draw(cycle_length=TensorArg("int64", MAX_SEATS - 1), prefetch_input_elements=TensorArg("int64", 2)),
+    _draw(cycle_length=21845),
+    _draw(cycle_length=21846),
+    _draw(cycle_length=TensorArg("int64", 21846)),
     _draw(cycle_length=4000, prefetch_input_elements=97),
     _draw(cycle_length=TensorArg("int64", 4000), prefetch_input_elements=TensorArg("int64", 97)),
     _draw(block_length=2**62, buffer_output_elements=3),

@@ -15,9 +15,9 @@ import tensorflow as tf
 IntArgument = Union[int, tf.Tensor, tf.Variable]
 
 _INT64_MAX = np.iinfo(np.int64).max
-# Same bound as the kernel's: one worker thread per interleaved or prefetched
-# input.
-MAX_SEATS = 4096
+# Same bound as the kernel's on interleaved plus prefetched inputs (worker
+# threads are capped apart, at 4096).
+MAX_SEATS = 1 << 16
 
 
 def _invalid(message: str) -> tf.errors.InvalidArgumentError:
@@ -70,27 +70,29 @@ def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
 def doubled(name: str, value: IntArgument) -> IntArgument:
   """Returns `2 * value`, as a tensor when `value` is one (legacy defaults).
 
-  A tensor result saturates at the int64 maximum instead of wrapping around,
-  so that a huge `value` is reported as itself, not as a negative default.
+  The result saturates at the int64 maximum instead of wrapping around or
+  overflowing, for Python integers and tensors alike: a huge `value` is then
+  reported as itself, not as a default the caller never passed.
   """
   if is_python_int(value):
-    return 2 * int(value)
+    return min(2 * int(value), _INT64_MAX)
   tensor = to_int64(name, value, 1)
   return tf.where(tensor > _INT64_MAX // 2,
                   tf.constant(_INT64_MAX, tf.int64), 2 * tensor)
 
 
 def check_seats(cycle_length: IntArgument,
-                prefetch_input_elements: IntArgument) -> None:
-  """Rejects more worker threads than the kernel accepts (Python ints only)."""
+                prefetch_input_elements: IntArgument,
+                prefetch_is_default: bool = False) -> None:
+  """Rejects more open inputs than the kernel accepts (Python ints only)."""
   if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
     # As Python ints: NumPy integers of small types would wrap around.
     if int(cycle_length) + int(prefetch_input_elements) > MAX_SEATS:
+      default = " (the default, 2 * cycle_length)" if prefetch_is_default else ""
       raise _invalid(
           f"`cycle_length` + `prefetch_input_elements` must be at most "
-          f"{MAX_SEATS} (one worker thread each), got cycle_length="
-          f"{cycle_length} and prefetch_input_elements="
-          f"{prefetch_input_elements}.")
+          f"{MAX_SEATS}, got cycle_length={cycle_length} and "
+          f"prefetch_input_elements={prefetch_input_elements}{default}.")
 
 
 def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],

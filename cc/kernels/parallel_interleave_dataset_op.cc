@@ -370,7 +370,7 @@ void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,
               kMaxSeats - arguments.cycle_length,
       absl::InvalidArgumentError(absl::StrCat(
           "`cycle_length` + `prefetch_input_elements` must be at most ",
-          kMaxSeats, " (one worker thread each), got cycle_length=",
+          kMaxSeats, ", got cycle_length=",
           arguments.cycle_length, " and prefetch_input_elements=",
           arguments.prefetch_input_elements, ".")));
 

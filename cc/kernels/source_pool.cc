@@ -118,11 +118,8 @@ absl::Status SourcePool::EnsureStarted(IteratorContext* ctx) {
   // through the context; input pulls record their own symbolic state.
   params.symbolic_checkpoint = false;
   seat_ctx_ = std::make_unique<IteratorContext>(std::move(params));
-  // Seats restored from a checkpoint already hold their sources.
-  while (static_cast<int64_t>(seats_.size()) < num_seats_) {
-    seats_.push_back(std::make_unique<Seat>());
-    free_seats_.push_back(seats_.back().get());
-  }
+  // Seats restored from a checkpoint already hold their sources; the others
+  // are made as inputs are pulled (`TakeFreeSeat`).
   for (auto& seat : seats_) {
     if (seat->source >= 0) Offer(seat.get(), /*urgent=*/true);
   }
@@ -155,9 +152,27 @@ void SourcePool::Offer(Seat* seat, bool urgent) {
 }
 
 int64_t SourcePool::TasksWaiting() const {
-  const bool pull_waiting =
-      !input_busy_ && !input_ended_ && !free_seats_.empty();
+  const bool pull_waiting = !input_busy_ && !input_ended_ && SeatAvailable();
   return static_cast<int64_t>(work_queue_.size()) + (pull_waiting ? 1 : 0);
+}
+
+bool SourcePool::SeatAvailable() const {
+  return !free_seats_.empty() ||
+         static_cast<int64_t>(seats_.size()) < num_seats_;
+}
+
+SourcePool::Seat* SourcePool::TakeFreeSeat() {
+  if (free_seats_.empty()) {
+    seats_.push_back(std::make_unique<Seat>());
+    return seats_.back().get();
+  }
+  Seat* seat = free_seats_.front();
+  free_seats_.pop_front();
+  return seat;
+}
+
+int64_t SourcePool::WorkerLimit() const {
+  return std::min(num_seats_, kMaxWorkers + budget_parked_workers_);
 }
 
 void SourcePool::WakeWorker(bool parallel) {
@@ -168,7 +183,7 @@ void SourcePool::WakeWorker(bool parallel) {
   if (parallel ? TasksWaiting() <= coming : coming > 0) return;
   if (!idle_workers_.empty()) {
     WakeIdleWorker();
-  } else if (static_cast<int64_t>(workers_.size()) < num_seats_) {
+  } else if (static_cast<int64_t>(workers_.size()) < WorkerLimit()) {
     ++workers_starting_;
     const int64_t rank = workers_.size();
     workers_.push_back(seat_ctx_->StartThread(
@@ -218,10 +233,9 @@ bool SourcePool::Drained() const {
 SourcePool::Task SourcePool::NextTask() {
   Task task;
   if (cancelled_ || pause_requests_ > 0) return task;
-  if (!input_busy_ && !input_ended_ && !free_seats_.empty()) {
+  if (!input_busy_ && !input_ended_ && SeatAvailable()) {
     task.kind = TaskKind::kPull;
-    task.seat = free_seats_.front();
-    free_seats_.pop_front();
+    task.seat = TakeFreeSeat();
     input_busy_ = true;
   } else {
     while (!work_queue_.empty()) {
@@ -693,10 +707,12 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
   if (!BudgetAllows(*seat, element.bytes)) {
     // Held in `pending` meanwhile, so a checkpoint taken now keeps it.
     seat->pending.push_back(std::move(element));
+    ++budget_parked_workers_;
     WakeForRemainingWork();
     while (!cancelled_ && !BudgetAllows(*seat, seat->pending.front().bytes)) {
       budget_cond_var_.wait(lock);
     }
+    --budget_parked_workers_;
     if (cancelled_) return false;
     element = std::move(seat->pending.front());
     seat->pending.pop_front();

@@ -1,10 +1,10 @@
 // The workers and buffers of a parallel interleave. Each open nested
 // iterator (a "source") sits in one of cycle_length + prefetch_input_elements
 // seats, with a bounded buffer; a pool of worker threads (never more than
-// seats) pulls input elements into free seats, opens their nested iterators
-// and fills their buffers. The consumer side (`GetNext`) asks an
-// `InterleaveScheduler` which source emits next and takes the element from
-// that source's buffer.
+// seats, nor than kMaxWorkers) pulls input elements into free seats, opens
+// their nested iterators and fills their buffers. The consumer side
+// (`GetNext`) asks an `InterleaveScheduler` which source emits next and
+// takes the element from that source's buffer.
 //
 // Threads:
 //  - Workers are not tied to seats: a worker takes the next task from a
@@ -51,8 +51,10 @@
 //    a slow input or a slow `map_func` never stalls a consumer that has a
 //    ready element.
 //  - Workers start on demand, up to one per seat (enough to keep every seat
-//    busy when every source blocks), and exit once the input has ended and
-//    every source is drained.
+//    busy when every source blocks) but no more than kMaxWorkers, and exit
+//    once the input has ended and every source is drained. Seats are made
+//    as inputs are pulled, so a huge cycle over a short input costs only
+//    the seats it fills.
 //  - `Save` pauses the workers: none starts a task while a pause is
 //    requested, and `Save` waits until the tasks under way end. Saving and
 //    restoring are in source_pool_checkpoint.cc, the record's encoding in
@@ -332,7 +334,7 @@ class SourcePool : public StatsSource {
   // Queues the seat if it has work; wakes a worker when `urgent`.
   void Offer(Seat* seat, bool urgent) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a sleeping worker, or starts one if none sleeps and fewer than
-  // one per seat run, unless the workers already on their way are enough
+  // `WorkerLimit()` run, unless the workers already on their way are enough
   // for the tasks waiting. Work on a fast source (`parallel` false) needs no
   // worker of its own: if one is already on its way, it will do it.
   void WakeWorker(bool parallel) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -349,6 +351,13 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Tasks a worker could take now: queued seats and a pull of the input.
   int64_t TasksWaiting() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a pull has a seat to go to: a freed one, or one not made yet.
+  bool SeatAvailable() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes a freed seat, or makes one; requires `SeatAvailable()`.
+  Seat* TakeFreeSeat() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How many workers may run: one per seat, at most kMaxWorkers besides
+  // those parked in `Push` until the memory budget allows their element.
+  int64_t WorkerLimit() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // As the consumer leaves `GetNext`: when work waits in the queue and every
   // worker sleeps without a watcher, makes one of them the watcher, so that
   // the buffers fill while the consumer is away.
@@ -432,6 +441,10 @@ class SourcePool : public StatsSource {
   SourceRecord RecordOf(const Seat& seat, bool symbolic) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // Beyond this many threads, sources that all block at once wait for a
+  // worker in turn rather than exhaust the process's threads.
+  static constexpr int64_t kMaxWorkers = 4096;
+
   const SourcePoolOptions options_;
   const SourcePoolCallbacks callbacks_;
   const int64_t num_seats_;
@@ -456,6 +469,10 @@ class SourcePool : public StatsSource {
   // that have not begun.
   int64_t wakes_pending_ TF_GUARDED_BY(mu_) = 0;
   int64_t workers_starting_ TF_GUARDED_BY(mu_) = 0;
+  // Workers parked in `Push` until the budget allows their element: each
+  // holds a seat the consumer is not waiting on, so they do not count
+  // toward kMaxWorkers (the awaited source can always get a worker).
+  int64_t budget_parked_workers_ TF_GUARDED_BY(mu_) = 0;
   // While the consumer has produced an element inline within the last
   // kInlineRecentNanos, or work waits in the queue, one idle worker wakes
   // every kInlineWatchNanos: when an inline call has lasted that long,
