@@ -55,6 +55,7 @@ DEFAULT_TESTS=(
   tests/test_cancellation.py
   tests/test_abandoned_iterators.py
   tests/test_worker_functions.py
+  tests/test_large_cycles.py
   -k "not test_builtin_accepts_model_order"
 )
 
