@@ -110,6 +110,7 @@ def test_sources_that_all_block_share_at_most_4096_workers(tfi: types.ModuleType
 
 
 def test_seat_bound_names_both_arguments(tfi: types.ModuleType) -> None:
+    """Beyond 65536 seats: an InvalidArgumentError naming both values, and saying when one is a default."""
     if tfi.__name__ == "builtin":
         pytest.skip("the legacy op has no seat bound")
     map_func = sized_map_func(SIZES)
@@ -132,4 +133,3 @@ def test_huge_block_length_saturates_its_default_buffer(tfi: types.ModuleType) -
     from_tensor = collect(sized_input(SIZES).apply(
         tfi.parallel_interleave(map_func, 2, tf.constant(2**62, tf.int64))))
     assert from_int == from_tensor == interleave_order(nested_values(SIZES), 2, 2**62)
-
