@@ -100,6 +100,20 @@ def the_new_stats_entry(tfi: Any, before: set) -> Dict[str, Any]:
 READ_MODES = ("eager", "tf_function", "graph")
 
 
+def collect_in_mode(make_dataset: Callable[[], tf.data.Dataset], mode: str) -> List[Any]:
+    """Drains the pipeline ``make_dataset()`` builds, read as ``mode`` (one of ``READ_MODES``) says."""
+    if mode == "eager":
+        return collect(make_dataset())
+    if mode == "tf_function":
+        return collect_in_tf_function(make_dataset())
+    if mode != "graph":
+        raise ValueError(f"mode must be one of {READ_MODES}, got {mode!r}")
+    with tf.Graph().as_default():
+        next_element = tf.compat.v1.data.make_one_shot_iterator(make_dataset()).get_next()
+        with tf.compat.v1.Session() as session:
+            return run_session_until_end(session, next_element)
+
+
 def take_with_stats(tfi: Any, make_dataset: Callable[[], tf.data.Dataset], taken: int, mode: str
                     ) -> Tuple[Dict[str, Any], List[Any]]:
     """Takes ``taken`` elements, reads the iterator's stats entry, then drains the rest.

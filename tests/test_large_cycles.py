@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import (READ_MODES, collect, collect_in_tf_function, nested_values, run_session_until_end,
-                       settled_thread_count, sized_input, sized_map_func, thread_count)
+from pipelines import (READ_MODES, collect, collect_in_mode, nested_values, settled_thread_count, sized_input,
+                       sized_map_func, thread_count)
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -27,17 +27,6 @@ MAX_SEATS = 2**16
 MAX_WORKERS = 4096
 # Threads of TensorFlow and of the sampler that may start beside the workers.
 OTHER_THREADS = 40
-
-
-def _read(make_dataset: Callable[[], tf.data.Dataset], mode: str) -> List[int]:
-    if mode == "eager":
-        return collect(make_dataset())
-    if mode == "tf_function":
-        return collect_in_tf_function(make_dataset())
-    with tf.Graph().as_default():
-        next_element = tf.compat.v1.data.make_one_shot_iterator(make_dataset()).get_next()
-        with tf.compat.v1.Session() as session:
-            return run_session_until_end(session, next_element)
 
 
 @pytest.mark.parametrize("mode", READ_MODES)
@@ -51,7 +40,7 @@ def test_long_cycle_over_a_short_input_keeps_the_order(tfi: types.ModuleType, mo
             return sized_input(SIZES).apply(tfi.parallel_interleave(
                 sized_map_func(SIZES), cycle_length, sloppy=sloppy, prefetch_input_elements=prefetch))
 
-        values = _read(make_dataset, mode)
+        values = collect_in_mode(make_dataset, mode)
         if sloppy:
             assert sorted(values) == sorted(expected)
         else:
