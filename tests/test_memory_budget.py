@@ -365,3 +365,93 @@ def test_budget_in_graph_mode(tfi: types.ModuleType, sloppy: bool) -> None:
                     keys.append((int(values[0]), int(values.shape[0])))
 
     check_output(sloppy, bounded(go), interleave_order(expected_keys(sizes, floats), 2, 2))
+
+
+# ----------------------------------------------------------------------------- where the budget goes
+
+
+def settled_stats(before: set, quiet_seconds: float = 0.2, timeout: float = 20.0) -> Dict[str, Any]:
+    """The new iterator's stats once its buffers have stopped changing for ``quiet_seconds``."""
+    import tf_interleave
+
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        (entry,) = [entry for entry in tf_interleave.stats() if entry["id"] not in before]
+        fill = sorted((item["source"], item["buffered_elements"]) for item in entry["inputs"])
+        if fill != last:
+            last, since = fill, time.monotonic()
+        elif time.monotonic() - since >= quiet_seconds:
+            return entry
+        time.sleep(0.01)
+    raise AssertionError(f"the buffers kept changing for {timeout} s with the consumer idle")
+
+
+@pytest.mark.parametrize("block_length", [1, 2])
+def test_a_tight_budget_holds_the_blocks_read_next(tfi: types.ModuleType, block_length: int) -> None:
+    """Deterministic, with a budget for fewer elements than there are inputs in the cycle.
+
+    The budget (20 elements of 1 KB) goes to the next blocks of the inputs: no
+    input holds an element of a later block, read a whole cycle of 48 inputs
+    later, which would keep out the next block of an input read before it.
+    """
+    inputs, per_input, cycle_length, budget = 48, 12, 48, 20 * 1024
+    sizes, floats = (per_input,) * inputs, (256,) * inputs
+    dataset = without_injected_prefetch(tf.data.Dataset.range(inputs).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=cycle_length, block_length=block_length,
+        prefetch_input_elements=0, memory_budget_bytes=budget)))
+    expected = interleave_order(expected_keys(sizes, floats), cycle_length, block_length, 0, 2 * block_length)
+    read = 3 * cycle_length * block_length + block_length + 1  # Into a block, in the 4th pass.
+
+    def go() -> Tuple[List[Tuple[int, int]], Dict[str, Any]]:
+        before = live_ids()
+        iterator = iter(dataset)
+        keys = [element_key(next(iterator)) for _ in range(read)]
+        entry = settled_stats(before)
+        keys += [element_key(element) for element in iterator]
+        return keys, entry
+
+    keys, entry = bounded(go)
+    assert keys == expected
+    fill = {item["source"]: item["buffered_elements"] for item in entry["inputs"]}
+    assert sum(fill.values()) <= budget // 1024 + 1, fill
+    over = {source: count for source, count in fill.items() if count > block_length}
+    assert not over, f"inputs holding more than their next block ({block_length}): {over}"
+
+
+def context_switches() -> int:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw + usage.ru_nivcsw
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_freed_bytes_wake_only_the_workers_they_let_on(tfi: types.ModuleType, sloppy: bool) -> None:
+    """1,000 inputs in the cycle and a 1-byte budget: almost every worker parks with an element.
+
+    Each element the consumer takes (or waits for) lets one of them on; the others
+    stay asleep, so the process switches threads a few times per element, not once
+    per parked worker.
+    """
+    inputs, take = 1000, 400
+    sizes, floats = (5,) * inputs, (16,) * inputs
+    dataset = tf.data.Dataset.range(inputs).apply(tfi.parallel_interleave(
+        tensor_map_func(sizes, floats), cycle_length=inputs, sloppy=sloppy, prefetch_input_elements=0,
+        memory_budget_bytes=1))
+
+    def go() -> Tuple[List[Tuple[int, int]], int]:
+        iterator = iter(dataset)
+        keys = [element_key(next(iterator)) for _ in range(take // 2)]
+        start = context_switches()  # The first pass, starting the workers, is over.
+        keys += [element_key(next(iterator)) for _ in range(take - take // 2)]
+        return keys, context_switches() - start
+
+    keys, switches = bounded(go, timeout=300)
+    expected = interleave_order(expected_keys(sizes, floats), inputs, 1, 0, 2)
+    if sloppy:
+        assert len(set(keys)) == take and set(keys) <= set(expected)
+    else:
+        assert keys == expected[:take]
+    per_element = switches / (take - take // 2)
+    assert per_element < 50, f"{per_element:.0f} context switches per element ({switches} in all)"

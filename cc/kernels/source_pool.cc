@@ -102,7 +102,8 @@ void SourcePool::Cancel() {
     pause_cond_var_.notify_all();
     WakeAllWorkers();
     retry_cond_var_.notify_all();
-    budget_cond_var_.notify_all();
+    for (Seat* seat : budget_parked_) seat->budget_cond_var.notify_one();
+    budget_parked_.clear();
   }
   // Outside `mu_`: cancellation callbacks of nested iterators may block.
   if (cancellation_manager_) cancellation_manager_->StartCancel();
@@ -127,23 +128,125 @@ absl::Status SourcePool::EnsureStarted(IteratorContext* ctx) {
   return absl::OkStatus();
 }
 
-bool SourcePool::HasWork(const Seat& seat) const {
-  if (seat.claimed || seat.source < 0 || seat.source_ended) return false;
-  if (seat.needs_open) return true;
-  if (seat.iterator == nullptr) return false;
+SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
+  if (seat.claimed || seat.source < 0 || seat.source_ended) return Work::kNone;
+  if (seat.needs_open) return Work::kReady;
+  if (seat.iterator == nullptr) return Work::kNone;
   if (static_cast<int64_t>(seat.buffer.size()) >=
       options_.buffer_output_elements) {
-    return false;
+    return Work::kNone;
   }
   const int64_t budget = options_.memory_budget_bytes;
-  return budget <= 0 || buffered_bytes_ < budget ||
-         (seat.buffer.empty() && ConsumerWaitsOn(seat));
+  if (budget <= 0 || (seat.buffer.empty() && ConsumerWaitsOn(seat))) {
+    return Work::kReady;
+  }
+  if (buffered_bytes_ >= budget) return Work::kHeldByBudget;
+  // Deterministic: an element beyond the source's next block is read a
+  // whole cycle later at the soonest. While the budget could not hold a
+  // cycle's blocks, it would only keep the next blocks of other sources
+  // out, which the consumer reads first.
+  if (!options_.sloppy &&
+      static_cast<int64_t>(seat.buffer.size()) >= options_.block_length &&
+      BudgetElements() <= options_.cycle_length * options_.block_length) {
+    return Work::kHeldByBudget;
+  }
+  return Work::kReady;
+}
+
+int64_t SourcePool::UsualElementBytes() const {
+  return std::max<int64_t>(1, delivered_ > 0 ? delivered_bytes_ / delivered_
+                                             : 1);
+}
+
+int64_t SourcePool::BudgetElements() const {
+  return options_.memory_budget_bytes / UsualElementBytes();
+}
+
+void SourcePool::HoldForBudget(Seat* seat) {
+  if (seat->budget_held) return;
+  seat->budget_held = true;
+  seat->budget_held_at = budget_held_.insert(budget_held_.end(), seat);
+}
+
+void SourcePool::Unhold(Seat* seat) {
+  if (!seat->budget_held) return;
+  seat->budget_held = false;
+  budget_held_.erase(seat->budget_held_at);
+}
+
+void SourcePool::UseFreedBudget() {
+  const int64_t budget = options_.memory_budget_bytes;
+  int64_t room = budget - buffered_bytes_;
+  // Parked workers first: their elements exist already.
+  for (auto it = budget_parked_.begin();
+       room > 0 && it != budget_parked_.end();) {
+    Seat* seat = *it;
+    const int64_t bytes = seat->pending.front().bytes;
+    if (bytes > room) {
+      ++it;
+      continue;
+    }
+    room -= bytes;
+    it = budget_parked_.erase(it);
+    seat->budget_woken = true;
+    seat->budget_cond_var.notify_one();
+  }
+  // Then as many held seats as elements of the usual size fit in what is
+  // left, less those already queued or under way: over-offering only makes
+  // workers produce elements that then park, beyond the budget.
+  const int64_t usual_bytes = UsualElementBytes();
+  room -= usual_bytes *
+          (static_cast<int64_t>(work_queue_.size()) + active_calls_);
+  // The elements the consumer reads soonest first: the next block of each
+  // source of the cycle, from its next slot on, as far as the budget could
+  // hold them; then, oldest first, the rest (elements read a cycle later,
+  // staged sources).
+  const InterleaveScheduler::State& order = scheduler_.state();
+  const int64_t slots = std::min<int64_t>(
+      order.cycle.size(), BudgetElements() + 1);
+  for (int64_t k = 0; room > 0 && k < slots && !budget_held_.empty(); ++k) {
+    auto it = seat_of_source_.find(
+        order.cycle[(order.next_index + k) % order.cycle.size()]);
+    if (it == seat_of_source_.end() || !it->second->budget_held) continue;
+    Seat* seat = it->second;
+    if (static_cast<int64_t>(seat->buffer.size()) >= options_.block_length) {
+      continue;
+    }
+    Unhold(seat);
+    Offer(seat, /*urgent=*/false);
+    if (seat->queued) room -= usual_bytes;
+  }
+  // Each held seat once: one the budget still holds goes to the back.
+  for (int64_t n = budget_held_.size(); room > 0 && n > 0; --n) {
+    Seat* seat = budget_held_.front();
+    Unhold(seat);
+    Offer(seat, /*urgent=*/false);
+    if (seat->queued) room -= usual_bytes;
+  }
+}
+
+bool SourcePool::WakeParkedWorker(Seat* seat) {
+  auto it = std::find(budget_parked_.begin(), budget_parked_.end(), seat);
+  if (it == budget_parked_.end()) return false;
+  budget_parked_.erase(it);
+  seat->budget_woken = true;
+  seat->budget_cond_var.notify_one();
+  return true;
 }
 
 void SourcePool::Offer(Seat* seat, bool urgent) {
-  if (!seat->queued && HasWork(*seat)) {
-    seat->queued = true;
-    work_queue_.push_back(seat);
+  if (!seat->queued) {
+    switch (WorkOf(*seat)) {
+      case Work::kReady:
+        seat->queued = true;
+        work_queue_.push_back(seat);
+        break;
+      case Work::kHeldByBudget:
+        HoldForBudget(seat);
+        break;
+      case Work::kNone:
+        break;
+    }
   }
   if (urgent && seat->queued) {
     WakeWorker(seat->needs_open ||
@@ -242,7 +345,9 @@ SourcePool::Task SourcePool::NextTask() {
       Seat* seat = work_queue_.front();
       work_queue_.pop_front();
       seat->queued = false;
-      if (!HasWork(*seat)) continue;
+      const Work work = WorkOf(*seat);
+      if (work == Work::kHeldByBudget) HoldForBudget(seat);
+      if (work != Work::kReady) continue;
       task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       task.seat = seat;
       if (task.kind == TaskKind::kProduce) {
@@ -687,13 +792,9 @@ bool SourcePool::ConsumerWaitsOn(const Seat& seat) const {
   if (consumer_wait_ == ConsumerWait::kSource) {
     return consumer_wait_source_ == seat.source;
   }
-  if (consumer_wait_ != ConsumerWait::kAny) return false;
   // Sloppy: any source of the cycle. Staged ones may be emitted too, but the
   // memory budget makes no exception for them: the cycle's ensure progress.
-  for (int64_t source : scheduler_.state().cycle) {
-    if (source == seat.source) return true;
-  }
-  return false;
+  return consumer_wait_ == ConsumerWait::kAny && seat.awaited_in_cycle;
 }
 
 bool SourcePool::BudgetAllows(const Seat& seat, int64_t bytes) const {
@@ -709,8 +810,14 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
     seat->pending.push_back(std::move(element));
     ++budget_parked_workers_;
     WakeForRemainingWork();
+    // Woken when the element fits, or the consumer waits on the source; if
+    // another element took the room meanwhile, park again.
     while (!cancelled_ && !BudgetAllows(*seat, seat->pending.front().bytes)) {
-      budget_cond_var_.wait(lock);
+      seat->budget_woken = false;
+      budget_parked_.push_back(seat);
+      while (!cancelled_ && !seat->budget_woken) {
+        seat->budget_cond_var.wait(lock);
+      }
     }
     --budget_parked_workers_;
     if (cancelled_) return false;

@@ -55,6 +55,11 @@
 //    once the input has ended and every source is drained. Seats are made
 //    as inputs are pulled, so a huge cycle over a short input costs only
 //    the seats it fills.
+//  - With a memory budget, work the budget holds back waits in a list, and
+//    a worker whose element does not fit parks on its seat's condition
+//    variable; bytes the consumer frees go to parked elements that fit,
+//    then to the held inputs read soonest (`UseFreedBudget`), so a full
+//    budget costs a wake-up per element, not one per seat.
 //  - `Save` pauses the workers: none starts a task while a pause is
 //    requested, and `Save` waits until the tasks under way end. Saving and
 //    restoring are in source_pool_checkpoint.cc, the record's encoding in
@@ -83,6 +88,7 @@
 
 #include <deque>
 #include <functional>
+#include <list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -250,6 +256,17 @@ class SourcePool : public StatsSource {
     std::deque<BufferedElement> pending;
     bool claimed = false;  // A worker runs a task on this seat.
     bool queued = false;   // The seat is in `work_queue_`.
+    // The memory budget. The worker parked in `Push` waits on its seat's own
+    // condition variable until `WakeParkedWorker` sets `budget_woken`, so
+    // freed bytes wake only the workers whose elements fit. `budget_held`:
+    // the seat is in `budget_held_`, at `budget_held_at`.
+    tensorflow::condition_variable budget_cond_var;
+    bool budget_woken = false;
+    bool budget_held = false;
+    std::list<Seat*>::iterator budget_held_at;
+    // Sloppy: the source is in the cycle while the consumer waits for any
+    // of it (kAny), so the budget lets its empty buffer take an element.
+    bool awaited_in_cycle = false;
   };
 
   // A worker waiting for work, on its own condition variable so that the
@@ -329,8 +346,34 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool ConsumerWaitsOn(const Seat& seat) const
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What a worker could do on the seat now: nothing, a task the memory
+  // budget holds back until bytes are freed, or a task.
+  enum class Work { kNone, kHeldByBudget, kReady };
+  Work WorkOf(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a worker could run a task on the seat now.
-  bool HasWork(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool HasWork(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return WorkOf(seat) == Work::kReady;
+  }
+  // The mean size of the elements delivered so far (1 before any), and how
+  // many such elements the memory budget holds.
+  int64_t UsualElementBytes() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t BudgetElements() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Remembers a seat whose task the budget holds back (`budget_held_`), and
+  // forgets it again.
+  void HoldForBudget(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Unhold(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After the consumer took an element: as far as the bytes now free go,
+  // wakes parked workers whose elements fit and offers held seats, oldest
+  // first, instead of waking and offering every seat for each element.
+  void UseFreedBudget() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wakes the worker parked in `Push` on the seat, if one is not woken yet;
+  // returns whether one was.
+  bool WakeParkedWorker(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // As the consumer starts waiting with a memory budget: the sources it
+  // waits on may exceed the budget by one element, so their parked workers
+  // wake and their seats are offered.
+  void ServeAwaitedSources(ConsumerWait reason, int64_t source)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues the seat if it has work; wakes a worker when `urgent`.
   void Offer(Seat* seat, bool urgent) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes a sleeping worker, or starts one if none sleeps and fewer than
@@ -504,9 +547,13 @@ class SourcePool : public StatsSource {
   // Sloppy: where sources' ends blocked (or whether their opens did, before
   // any has ended), so that the consumer leaves those calls to workers.
   SlowEnds slow_ends_ TF_GUARDED_BY(mu_);
-  // Workers waiting out a retry delay, or for the memory budget.
+  // Workers waiting out a retry delay.
   tensorflow::condition_variable retry_cond_var_;
-  tensorflow::condition_variable budget_cond_var_;
+  // Seats whose workers are parked in `Push` for the memory budget and not
+  // woken yet, and seats with a task the budget holds back (a seat's state
+  // may have changed since it was held), oldest first.
+  std::deque<Seat*> budget_parked_ TF_GUARDED_BY(mu_);
+  std::list<Seat*> budget_held_ TF_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, Seat*> seat_of_source_ TF_GUARDED_BY(mu_);
   int64_t sources_pulled_ TF_GUARDED_BY(mu_) = 0;
   bool input_ended_ TF_GUARDED_BY(mu_) = false;

@@ -96,9 +96,7 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   wait_reason_ = reason;
   wait_reason_source_ = wait_source;
   if (options_.memory_budget_bytes > 0) {
-    // Waiting on a source lets it exceed the budget by one element.
-    budget_cond_var_.notify_all();
-    for (auto& seat : seats_) Offer(seat.get(), /*urgent=*/false);
+    ServeAwaitedSources(reason, wait_source);
   }
   if (reason == ConsumerWait::kSource) {
     // The awaited source goes first, whatever else is queued.
@@ -161,6 +159,39 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   }
   wait_reason_ = ConsumerWait::kNone;
   consumer_wait_ = ConsumerWait::kNone;
+  if (reason == ConsumerWait::kAny && options_.memory_budget_bytes > 0) {
+    for (int64_t cycle_source : scheduler_.state().cycle) {
+      auto it = seat_of_source_.find(cycle_source);
+      if (it != seat_of_source_.end()) it->second->awaited_in_cycle = false;
+    }
+  }
+}
+
+void SourcePool::ServeAwaitedSources(ConsumerWait reason, int64_t source) {
+  std::vector<Seat*> awaited;
+  if (reason == ConsumerWait::kSource) {
+    auto it = seat_of_source_.find(source);
+    if (it != seat_of_source_.end()) awaited.push_back(it->second);
+  } else if (reason == ConsumerWait::kAny) {
+    // The cycle stays as it is until the consumer returns.
+    for (int64_t cycle_source : scheduler_.state().cycle) {
+      auto it = seat_of_source_.find(cycle_source);
+      if (it == seat_of_source_.end()) continue;
+      it->second->awaited_in_cycle = true;
+      awaited.push_back(it->second);
+    }
+  }
+  // Any one element ends a sloppy wait: if a parked worker holds one, it
+  // alone wakes (waking all would have the others park again at once).
+  for (Seat* seat : awaited) {
+    if (seat->buffer.empty() && !seat->pending.empty() &&
+        WakeParkedWorker(seat)) {
+      return;
+    }
+  }
+  for (Seat* seat : awaited) {
+    if (seat->buffer.empty()) Offer(seat, /*urgent=*/false);
+  }
 }
 
 BufferedElement SourcePool::TakeElement(Seat* seat) {
@@ -173,9 +204,14 @@ BufferedElement SourcePool::TakeElement(Seat* seat) {
   ++delivered_;
   delivered_bytes_ += element.bytes;
   if (options_.memory_budget_bytes > 0) {
-    // Freed bytes may let any seat go on.
-    budget_cond_var_.notify_all();
-    for (auto& other : seats_) Offer(other.get(), /*urgent=*/false);
+    if (budget_held_.empty()) {
+      Offer(seat, /*urgent=*/false);
+    } else if (!seat->queued && WorkOf(*seat) != Work::kNone) {
+      // The budget is contended: the freed bytes go where they are needed
+      // soonest, which is rarely the source just read.
+      HoldForBudget(seat);
+    }
+    UseFreedBudget();
     if (!work_queue_.empty()) WakeWorker(/*parallel=*/false);
   } else {
     // A source the consumer produces itself waits for it (or for a worker
