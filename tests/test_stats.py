@@ -628,6 +628,41 @@ def test_no_stall_warning_below_the_threshold(tfi: types.ModuleType, sloppy: boo
     assert bounded(go)["stall_warnings"] == 0
 
 
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_a_stall_through_retry_delays_is_warned_about(tfi: types.ModuleType, sloppy: bool) -> None:
+    """The only input fails to open five times, then reads: ~1.5 s of retry delays.
+
+    No call runs meanwhile, so a sloppy consumer waits in short rechecks of whether
+    the cycle blocks; the stall spans them and is warned about once, as in
+    deterministic mode.
+    """
+    failures_left = [5]
+
+    def open_or_fail(value: tf.Tensor) -> tf.Tensor:
+        if failures_left[0] > 0:
+            failures_left[0] -= 1
+            raise ValueError("the file is not there yet")
+        return value
+
+    def map_func(name: tf.Tensor) -> tf.data.Dataset:
+        first = tf.reshape(tf.py_function(open_or_fail, [tf.constant(0, tf.int64)], tf.int64), [])
+        return tf.data.Dataset.range(3).map(lambda value: value + first)
+
+    dataset = named_input(["late.rec"]).apply(tfi.parallel_interleave(
+        map_func, cycle_length=1, sloppy=sloppy, input_retries=6, stall_warning_seconds=0.3))
+
+    def go() -> Tuple[List[int], Dict[str, Any]]:
+        before = live_ids(tfi)
+        iterator = iter(dataset)
+        values = [int(value) for value in iterator]
+        return values, the_new_entry(tfi, before)
+
+    values, entry = bounded(go)
+    assert values == [0, 1, 2]
+    assert entry["retries"] == 5, entry
+    assert entry["stall_warnings"] == 1, entry
+
+
 _STALL_SCRIPT = r"""
 import json, time
 import tensorflow as tf

@@ -448,10 +448,21 @@ class SourcePool : public StatsSource {
   // Sloppy: the same for the first source of the cycle that can.
   bool ProduceInlineForCycle(tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Within one `GetNext` call: what the consumer waits for (the source for
+  // kSource, else -1), since when, and whether that stall was warned about.
+  // A stall spans the call's waits for the same thing, as a sloppy consumer
+  // may wait in many short rechecks.
+  struct StallClock {
+    ConsumerWait reason = ConsumerWait::kNone;
+    int64_t source = -1;
+    int64_t since_nanos = 0;
+    bool warned = false;
+  };
   // Waits on `consumer_cond_var_` for the reason in `consumer_wait_`,
-  // accounting the time and warning about long stalls.
+  // accounting the time and warning once when a stall has lasted
+  // `stall_warning_seconds`.
   void WaitAsConsumer(tensorflow::data::IteratorContext* ctx,
-                      tensorflow::mutex_lock& lock)
+                      StallClock* stall, tensorflow::mutex_lock& lock)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sloppy: from when a source of the cycle that has nothing ready blocks
   // (`SourcePace::Blocking`: slow on average, or a call or open under way

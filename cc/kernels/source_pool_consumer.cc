@@ -80,7 +80,8 @@ std::string SourcePool::WaitTargetLabel(ConsumerWait reason,
   return "";
 }
 
-void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
+void SourcePool::WaitAsConsumer(IteratorContext* ctx, StallClock* stall,
+                                mutex_lock& lock) {
   const ConsumerWait reason = consumer_wait_;
   const int64_t wait_source = consumer_wait_source_;
   // The input the wait is on, if it is one input: also a sloppy wait when
@@ -115,35 +116,45 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, mutex_lock& lock) {
   // Whatever the consumer waits for may sit in the queue of a lazy refill.
   WakeForRemainingWork();
   callbacks_.record_stop(ctx);
+  // Sloppy, with the cycle busy but not blocked: ask again when a call
+  // under way would come to count as blocking, if nothing comes first.
   const int64_t recheck_at = recheck_staging_at_nanos_;
   recheck_staging_at_nanos_ = 0;
-  if (recheck_at > 0) {
-    // Sloppy, with the cycle busy but not blocked: ask again when a call
-    // under way would come to count as blocking, if nothing comes first.
-    const int64_t remaining = recheck_at - EnvTime::NowNanos();
-    if (remaining > 0) {
-      consumer_cond_var_.wait_for(lock, std::chrono::nanoseconds(remaining));
-    }
-  } else if (options_.stall_warning_seconds <= 0) {
+  const int64_t stall_source =
+      reason == ConsumerWait::kSource ? wait_source : -1;
+  if (stall->since_nanos == 0 || stall->reason != reason ||
+      stall->source != stall_source) {
+    *stall = StallClock{reason, stall_source, start_nanos, false};
+  }
+  const int64_t warn_at =
+      options_.stall_warning_seconds > 0 && !stall->warned
+          ? stall->since_nanos +
+                static_cast<int64_t>(options_.stall_warning_seconds * 1e9)
+          : 0;
+  int64_t until = recheck_at;
+  if (warn_at > 0 && (until == 0 || warn_at < until)) until = warn_at;
+  bool timed_out = false;
+  if (until == 0) {
     consumer_cond_var_.wait(lock);
   } else {
-    const int64_t stall_nanos =
-        static_cast<int64_t>(options_.stall_warning_seconds * 1e9);
-    const int64_t remaining = start_nanos + stall_nanos - EnvTime::NowNanos();
-    if (remaining > 0 &&
-        consumer_cond_var_.wait_for(lock, std::chrono::nanoseconds(
-                                              remaining)) !=
-            std::cv_status::timeout) {
-      // Woken in time.
-    } else if (!cancelled_) {
-      ++stall_warnings_;
-      const std::string label = WaitTargetLabel(reason, wait_source);
-      LOG(WARNING) << "tf_interleave: the consumer has waited "
-                   << options_.stall_warning_seconds << " s for "
-                   << (label.empty() ? "an input" : label)
-                   << " (stall_warning_seconds="
-                   << options_.stall_warning_seconds << ")";
-      // Keep waiting, without more warnings for this wait.
+    const int64_t remaining = until - EnvTime::NowNanos();
+    timed_out = remaining <= 0 ||
+                consumer_cond_var_.wait_for(
+                    lock, std::chrono::nanoseconds(remaining)) ==
+                    std::cv_status::timeout;
+  }
+  if (timed_out && warn_at > 0 && EnvTime::NowNanos() >= warn_at &&
+      !cancelled_) {
+    stall->warned = true;
+    ++stall_warnings_;
+    const std::string label = WaitTargetLabel(reason, wait_source);
+    LOG(WARNING) << "tf_interleave: the consumer has waited "
+                 << options_.stall_warning_seconds << " s for "
+                 << (label.empty() ? "an input" : label)
+                 << " (stall_warning_seconds="
+                 << options_.stall_warning_seconds << ")";
+    if (recheck_at == 0) {
+      // Keep waiting, without more warnings for this call.
       while (!cancelled_ && consumer_wait_ == reason &&
              consumer_wait_source_ == wait_source) {
         consumer_cond_var_.wait(lock);
@@ -185,7 +196,7 @@ void SourcePool::ServeAwaitedSources(ConsumerWait reason, int64_t source) {
   // alone wakes (waking all would have the others park again at once).
   for (Seat* seat : awaited) {
     if (seat->buffer.empty() && !seat->pending.empty() &&
-        WakeParkedWorker(seat)) {
+        !seat->budget_woken && WakeParkedWorker(seat)) {
       return;
     }
   }
@@ -256,6 +267,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
     *end_of_sequence = false;
     return element.status;
   }
+  StallClock stall;
   while (true) {
     if (cancelled_) {
       return absl::CancelledError("tf_interleave iterator was cancelled");
@@ -316,7 +328,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
         consumer_wait_ = ConsumerWait::kAny;
         break;
     }
-    WaitAsConsumer(ctx, l);
+    WaitAsConsumer(ctx, &stall, l);
   }
 }
 
