@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import READ_MODES, Straggler, bounded, drain_holding_straggler, drain_with_late_straggler, \
-    live_stats_ids, nested_values, run_session_until_end, sized_input, take_with_stats, the_new_stats_entry, to_python
+from pipelines import READ_MODES, Straggler, bounded, collect_in_mode, drain_holding_straggler, \
+    drain_with_late_straggler, live_stats_ids, nested_values, run_session_until_end, sized_input, take_with_stats, the_new_stats_entry, to_python
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -260,3 +260,38 @@ def test_busy_but_not_blocked_cycle_keeps_staged_inputs_waiting(tfi: types.Modul
     assert sorted(values) == expected
     assert entry["elements"] == len(expected) - BATCH, entry
     assert entry["staged_elements"] <= STAGED_ALLOWANCE, entry
+
+
+# Input 0 fails to open this many times before it reads: retry delays of 50, 100, 200 and 400 ms.
+OPEN_FAILURES = 4
+
+
+def _late_input_dataset(tfi: types.ModuleType, sloppy: bool) -> tf.data.Dataset:
+    """Input 0 is in the cycle and waits out its retry delays; inputs 1 and 2 are staged and ready."""
+    failures_left = [OPEN_FAILURES]
+
+    def open_input(index: tf.Tensor) -> tf.Tensor:
+        if int(index) == 0 and failures_left[0] > 0:
+            failures_left[0] -= 1
+            raise ValueError("input 0 is not there yet")
+        return index
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        opened = tf.reshape(tf.py_function(open_input, [index], tf.int64), [])
+        return tf.data.Dataset.range(10 * opened, 10 * opened + 3)
+
+    return tf.data.Dataset.range(3).apply(tfi.parallel_interleave(
+        map_func, cycle_length=1, sloppy=sloppy, prefetch_input_elements=2, input_retries=OPEN_FAILURES))
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_an_input_waiting_to_retry_lets_staged_inputs_give(tfi: types.ModuleType, sloppy: bool, mode: str) -> None:
+    """An input waiting out a retry delay (~0.75 s in all) blocks the cycle: in sloppy mode the staged
+    inputs' ready elements come meanwhile; deterministic mode keeps the order."""
+    values = [int(value) for value in bounded(collect_in_mode, lambda: _late_input_dataset(tfi, sloppy), mode)]
+    if not sloppy:
+        assert values == [0, 1, 2, 10, 11, 12, 20, 21, 22]
+        return
+    assert sorted(values[:6]) == [10, 11, 12, 20, 21, 22], values
+    assert values[6:] == [0, 1, 2], values

@@ -772,13 +772,18 @@ void SourcePool::WaitBeforeRetry(Seat* seat, mutex_lock& lock) {
   const int64_t delay_micros =
       std::min(kMaxRetryBackoffMicros, options_.retry_backoff_micros << shift);
   const int64_t deadline = EnvTime::NowMicros() + delay_micros;
+  seat->retry_until_nanos = deadline * 1000;
   WakeForRemainingWork();
+  // Sloppy: the cycle blocks on this source meanwhile (`CycleBlocksFrom`),
+  // so the consumer may take staged sources' elements.
+  if (options_.sloppy) WakeConsumer(ConsumerWait::kSource, seat->source);
   // `Cancel` notifies `retry_cond_var_`, so teardown never waits this out.
   while (!cancelled_) {
     const int64_t remaining = deadline - EnvTime::NowMicros();
     if (remaining <= 0) break;
     retry_cond_var_.wait_for(lock, std::chrono::microseconds(remaining));
   }
+  seat->retry_until_nanos = 0;
 }
 
 void SourcePool::EndSource(Seat* seat, std::unique_ptr<IteratorBase>* dropped) {

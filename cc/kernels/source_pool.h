@@ -246,6 +246,8 @@ class SourcePool : public StatsSource {
     int64_t delivered = 0;  // Elements (and errors) the consumer has taken.
     int64_t delivered_bytes = 0;
     int64_t retries = 0;
+    // While the source waits out a retry delay: when the delay ends.
+    int64_t retry_until_nanos = 0;
     int64_t wait_nanos = 0;  // Consumer time spent waiting on this source.
     std::deque<BufferedElement> buffer;
     int64_t buffered_bytes = 0;
@@ -466,7 +468,8 @@ class SourcePool : public StatsSource {
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sloppy: from when a source of the cycle that has nothing ready blocks
   // (`SourcePace::Blocking`: slow on average, or a call or open under way
-  // for long), so that staged sources' elements should go first:
+  // for long; or waiting out a retry delay), so that staged sources'
+  // elements should go first:
   // `now_nanos` if one blocks already, else when the first call or open
   // under way would.
   int64_t CycleBlocksFrom(int64_t now_nanos) const

@@ -42,7 +42,9 @@ int64_t SourcePool::CycleBlocksFrom(int64_t now_nanos) const {
   // says when the cycle would block: ask again after kStallNanos.
   int64_t from = now_nanos + SourcePace::kStallNanos;
   for (const Seat* seat : PendingCycleSeats()) {
-    if (seat->pace.Blocking(now_nanos)) return now_nanos;
+    if (seat->pace.Blocking(now_nanos) || seat->retry_until_nanos > now_nanos) {
+      return now_nanos;
+    }
     const int64_t seat_from = seat->pace.BlockingFromNanos();
     if (seat_from == 0) continue;
     if (seat_from <= now_nanos) return now_nanos;
