@@ -632,9 +632,9 @@ def test_no_stall_warning_below_the_threshold(tfi: types.ModuleType, sloppy: boo
 def test_a_stall_through_retry_delays_is_warned_about(tfi: types.ModuleType, sloppy: bool) -> None:
     """The only input fails to open five times, then reads: ~1.5 s of retry delays.
 
-    No call runs meanwhile, so a sloppy consumer waits in short rechecks of whether
-    the cycle blocks; the stall spans them and is warned about once, as in
-    deterministic mode.
+    No call runs meanwhile, yet the input blocks the cycle. A sloppy consumer is
+    woken as each delay begins (staged inputs may give then): the stall spans
+    those waits and is warned about once, as in deterministic mode.
     """
     failures_left = [5]
 
