@@ -56,6 +56,7 @@ DEFAULT_TESTS=(
   tests/test_abandoned_iterators.py
   tests/test_worker_functions.py
   tests/test_large_cycles.py
+  tests/test_memory_budget.py
   -k "not test_builtin_accepts_model_order"
 )
 
