@@ -62,6 +62,14 @@ new_entries = new_stats_entries
 the_new_entry = the_new_stats_entry
 
 
+def drain_with_entry(tfi: types.ModuleType, dataset: tf.data.Dataset) -> Tuple[List[int], Dict[str, Any]]:
+    """Reads every int element of ``dataset``, then the stats entry of the iterator that read them."""
+    before = live_ids(tfi)
+    iterator = iter(dataset)
+    values = [int(value) for value in iterator]
+    return values, the_new_entry(tfi, before)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -536,13 +544,7 @@ def test_skipped_and_retried_inputs_are_listed(tfi: types.ModuleType, sloppy: bo
     dataset = named_input(names).apply(tfi.parallel_interleave(
         map_func, cycle_length=2, sloppy=sloppy, on_input_error="skip", input_retries=1))
 
-    def go() -> Tuple[List[int], Dict[str, Any]]:
-        before = live_ids(tfi)
-        iterator = iter(dataset)
-        values = [int(value) for value in iterator]
-        return values, the_new_entry(tfi, before)
-
-    values, entry = bounded(go)
+    values, entry = bounded(drain_with_entry, tfi, dataset)
     expected = interleave_order(nested_values([4, 5, 2, 3]), 2, 1)
     assert (sorted(values) == sorted(expected)) if sloppy else (values == expected)
     assert entry["retries"] == 2
@@ -651,13 +653,7 @@ def test_a_stall_through_retry_delays_is_warned_about(tfi: types.ModuleType, slo
     dataset = named_input(["late.rec"]).apply(tfi.parallel_interleave(
         map_func, cycle_length=1, sloppy=sloppy, input_retries=6, stall_warning_seconds=0.3))
 
-    def go() -> Tuple[List[int], Dict[str, Any]]:
-        before = live_ids(tfi)
-        iterator = iter(dataset)
-        values = [int(value) for value in iterator]
-        return values, the_new_entry(tfi, before)
-
-    values, entry = bounded(go)
+    values, entry = bounded(drain_with_entry, tfi, dataset)
     assert values == [0, 1, 2]
     assert entry["retries"] == 5, entry
     assert entry["stall_warnings"] == 1, entry
