@@ -145,7 +145,8 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
   // whole cycle later at the soonest. While the budget could not hold a
   // cycle's blocks, it would only keep the next blocks of other sources
   // out, which the consumer reads first.
-  // (N <= cycle_length * block_length, without the product's overflow.)
+  // (The budget's elements <= cycle_length * block_length, written so that
+  // the product cannot overflow.)
   if (!options_.sloppy &&
       static_cast<int64_t>(seat.buffer.size()) >= options_.block_length &&
       (BudgetElements() - 1) / options_.block_length < options_.cycle_length) {

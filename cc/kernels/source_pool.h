@@ -365,8 +365,9 @@ class SourcePool : public StatsSource {
   void HoldForBudget(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Unhold(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After the consumer took an element: as far as the bytes now free go,
-  // wakes parked workers whose elements fit and offers held seats, oldest
-  // first, instead of waking and offering every seat for each element.
+  // wakes parked workers whose elements fit (oldest first), then offers
+  // held seats (the inputs read soonest first), instead of waking and
+  // offering every seat for each element.
   void UseFreedBudget() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes the worker parked in `Push` on the seat, if one is not woken yet;
   // returns whether one was.
