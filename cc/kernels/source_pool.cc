@@ -102,8 +102,7 @@ void SourcePool::Cancel() {
     pause_cond_var_.notify_all();
     WakeAllWorkers();
     retry_cond_var_.notify_all();
-    for (Seat* seat : budget_parked_) seat->budget_cond_var.notify_one();
-    budget_parked_.clear();
+    while (!budget_parked_.empty()) WakeParkedWorker(budget_parked_.front());
   }
   // Outside `mu_`: cancellation callbacks of nested iterators may block.
   if (cancellation_manager_) cancellation_manager_->StartCancel();
@@ -164,16 +163,24 @@ int64_t SourcePool::BudgetElements() const {
   return options_.memory_budget_bytes / UsualElementBytes();
 }
 
-void SourcePool::HoldForBudget(Seat* seat) {
-  if (seat->budget_held) return;
-  seat->budget_held = true;
-  seat->budget_held_at = budget_held_.insert(budget_held_.end(), seat);
+void SourcePool::AddToList(std::list<Seat*>* list, Seat* seat,
+                           SeatPlace* place) {
+  if (place->listed) return;
+  place->listed = true;
+  place->at = list->insert(list->end(), seat);
 }
 
-void SourcePool::Unhold(Seat* seat) {
-  if (!seat->budget_held) return;
-  seat->budget_held = false;
-  budget_held_.erase(seat->budget_held_at);
+bool SourcePool::RemoveFromList(std::list<Seat*>* list, SeatPlace* place) {
+  if (!place->listed) return false;
+  place->listed = false;
+  list->erase(place->at);
+  return true;
+}
+
+void SourcePool::OfferHeld(Seat* seat, int64_t usual_bytes, int64_t* room) {
+  Unhold(seat);
+  Offer(seat, /*urgent=*/false);
+  if (seat->queued) *room -= usual_bytes;
 }
 
 void SourcePool::UseFreedBudget() {
@@ -182,16 +189,11 @@ void SourcePool::UseFreedBudget() {
   // Parked workers first: their elements exist already.
   for (auto it = budget_parked_.begin();
        room > 0 && it != budget_parked_.end();) {
-    Seat* seat = *it;
+    Seat* seat = *it++;  // Before waking takes the seat off the list.
     const int64_t bytes = seat->pending.front().bytes;
-    if (bytes > room) {
-      ++it;
-      continue;
-    }
+    if (bytes > room) continue;
     room -= bytes;
-    it = budget_parked_.erase(it);
-    seat->budget_woken = true;
-    seat->budget_cond_var.notify_one();
+    WakeParkedWorker(seat);
   }
   // Then as many held seats as elements of the usual size fit in what is
   // left, less those already queued or under way: over-offering only makes
@@ -209,29 +211,21 @@ void SourcePool::UseFreedBudget() {
   for (int64_t k = 0; room > 0 && k < slots && !budget_held_.empty(); ++k) {
     auto it = seat_of_source_.find(
         order.cycle[(order.next_index + k) % order.cycle.size()]);
-    if (it == seat_of_source_.end() || !it->second->budget_held) continue;
+    if (it == seat_of_source_.end() || !it->second->held.listed) continue;
     Seat* seat = it->second;
     if (static_cast<int64_t>(seat->buffer.size()) >= options_.block_length) {
       continue;
     }
-    Unhold(seat);
-    Offer(seat, /*urgent=*/false);
-    if (seat->queued) room -= usual_bytes;
+    OfferHeld(seat, usual_bytes, &room);
   }
   // Each held seat once: one the budget still holds goes to the back.
   for (int64_t n = budget_held_.size(); room > 0 && n > 0; --n) {
-    Seat* seat = budget_held_.front();
-    Unhold(seat);
-    Offer(seat, /*urgent=*/false);
-    if (seat->queued) room -= usual_bytes;
+    OfferHeld(budget_held_.front(), usual_bytes, &room);
   }
 }
 
 bool SourcePool::WakeParkedWorker(Seat* seat) {
-  auto it = std::find(budget_parked_.begin(), budget_parked_.end(), seat);
-  if (it == budget_parked_.end()) return false;
-  budget_parked_.erase(it);
-  seat->budget_woken = true;
+  if (!RemoveFromList(&budget_parked_, &seat->parked)) return false;
   seat->budget_cond_var.notify_one();
   return true;
 }
@@ -820,9 +814,8 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
     // Woken when the element fits, or the consumer waits on the source; if
     // another element took the room meanwhile, park again.
     while (!cancelled_ && !BudgetAllows(*seat, seat->pending.front().bytes)) {
-      seat->budget_woken = false;
-      budget_parked_.push_back(seat);
-      while (!cancelled_ && !seat->budget_woken) {
+      AddToList(&budget_parked_, seat, &seat->parked);
+      while (!cancelled_ && seat->parked.listed) {
         seat->budget_cond_var.wait(lock);
       }
     }

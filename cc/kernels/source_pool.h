@@ -229,6 +229,13 @@ class SourcePool : public StatsSource {
   IteratorStats Stats() const override TF_LOCKS_EXCLUDED(mu_);
 
  private:
+  struct Seat;
+  // A seat's place in a list of seats kept in arrival order, from which it
+  // leaves in O(1) (see `AddToList`).
+  struct SeatPlace {
+    bool listed = false;
+    std::list<Seat*>::iterator at;
+  };
   struct Seat {
     int64_t source = -1;        // The source this seat holds, or -1.
     std::string label;          // Names the source's input in stats and logs.
@@ -258,14 +265,14 @@ class SourcePool : public StatsSource {
     std::deque<BufferedElement> pending;
     bool claimed = false;  // A worker runs a task on this seat.
     bool queued = false;   // The seat is in `work_queue_`.
-    // The memory budget. The worker parked in `Push` waits on its seat's own
-    // condition variable until `WakeParkedWorker` sets `budget_woken`, so
-    // freed bytes wake only the workers whose elements fit. `budget_held`:
-    // the seat is in `budget_held_`, at `budget_held_at`.
+    // The memory budget: the seat's place among the seats whose task the
+    // budget holds back (`budget_held_`) and among those whose worker is
+    // parked in `Push` (`budget_parked_`). A parked worker waits on the
+    // seat's own condition variable until `WakeParkedWorker` takes the seat
+    // off its list, so freed bytes wake only the workers whose elements fit.
+    SeatPlace held;
+    SeatPlace parked;
     tensorflow::condition_variable budget_cond_var;
-    bool budget_woken = false;
-    bool budget_held = false;
-    std::list<Seat*>::iterator budget_held_at;
     // Sloppy: the source is in the cycle while the consumer waits for any
     // of it (kAny), so the budget lets its empty buffer take an element.
     bool awaited_in_cycle = false;
@@ -360,10 +367,22 @@ class SourcePool : public StatsSource {
   // many such elements the memory budget holds.
   int64_t UsualElementBytes() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t BudgetElements() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Appends the seat to the list unless it is on it already; takes it off
+  // again, returning whether it was on.
+  static void AddToList(std::list<Seat*>* list, Seat* seat, SeatPlace* place);
+  static bool RemoveFromList(std::list<Seat*>* list, SeatPlace* place);
   // Remembers a seat whose task the budget holds back (`budget_held_`), and
   // forgets it again.
-  void HoldForBudget(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Unhold(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void HoldForBudget(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    AddToList(&budget_held_, seat, &seat->held);
+  }
+  void Unhold(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    RemoveFromList(&budget_held_, &seat->held);
+  }
+  // Offers a held seat, counting an element of the usual size against
+  // `room` if it is queued.
+  void OfferHeld(Seat* seat, int64_t usual_bytes, int64_t* room)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After the consumer took an element: as far as the bytes now free go,
   // wakes parked workers whose elements fit (oldest first), then offers
   // held seats (the inputs read soonest first), instead of waking and
@@ -374,8 +393,10 @@ class SourcePool : public StatsSource {
   bool WakeParkedWorker(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // As the consumer starts waiting with a memory budget: the sources it
   // waits on may exceed the budget by one element, so their parked workers
-  // wake and their seats are offered.
-  void ServeAwaitedSources(ConsumerWait reason, int64_t source)
+  // wake and their seats are offered. A sloppy wait marks the cycle's seats
+  // `awaited_in_cycle` and returns them, for the consumer to unmark when
+  // the wait ends.
+  std::vector<Seat*> ServeAwaitedSources(ConsumerWait reason, int64_t source)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Queues the seat if it has work; wakes a worker when `urgent`.
   void Offer(Seat* seat, bool urgent) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -567,7 +588,7 @@ class SourcePool : public StatsSource {
   // Seats whose workers are parked in `Push` for the memory budget and not
   // woken yet, and seats with a task the budget holds back (a seat's state
   // may have changed since it was held), oldest first.
-  std::deque<Seat*> budget_parked_ TF_GUARDED_BY(mu_);
+  std::list<Seat*> budget_parked_ TF_GUARDED_BY(mu_);
   std::list<Seat*> budget_held_ TF_GUARDED_BY(mu_);
   absl::flat_hash_map<int64_t, Seat*> seat_of_source_ TF_GUARDED_BY(mu_);
   int64_t sources_pulled_ TF_GUARDED_BY(mu_) = 0;

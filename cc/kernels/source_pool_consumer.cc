@@ -98,8 +98,10 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, StallClock* stall,
   // changes as inputs open.
   wait_reason_ = reason;
   wait_reason_source_ = wait_source;
+  // Sloppy, with a budget: the cycle's seats marked awaited meanwhile.
+  std::vector<Seat*> marked;
   if (options_.memory_budget_bytes > 0) {
-    ServeAwaitedSources(reason, wait_source);
+    marked = ServeAwaitedSources(reason, wait_source);
   }
   if (reason == ConsumerWait::kSource) {
     // The awaited source goes first, whatever else is queued.
@@ -172,15 +174,11 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, StallClock* stall,
   }
   wait_reason_ = ConsumerWait::kNone;
   consumer_wait_ = ConsumerWait::kNone;
-  if (reason == ConsumerWait::kAny && options_.memory_budget_bytes > 0) {
-    for (int64_t cycle_source : scheduler_.state().cycle) {
-      auto it = seat_of_source_.find(cycle_source);
-      if (it != seat_of_source_.end()) it->second->awaited_in_cycle = false;
-    }
-  }
+  for (Seat* seat : marked) seat->awaited_in_cycle = false;
 }
 
-void SourcePool::ServeAwaitedSources(ConsumerWait reason, int64_t source) {
+std::vector<SourcePool::Seat*> SourcePool::ServeAwaitedSources(
+    ConsumerWait reason, int64_t source) {
   std::vector<Seat*> awaited;
   if (reason == ConsumerWait::kSource) {
     auto it = seat_of_source_.find(source);
@@ -196,15 +194,16 @@ void SourcePool::ServeAwaitedSources(ConsumerWait reason, int64_t source) {
   }
   // Any one element ends a sloppy wait: if a parked worker holds one, it
   // alone wakes (waking all would have the others park again at once).
+  const bool marked = reason == ConsumerWait::kAny;
   for (Seat* seat : awaited) {
-    if (seat->buffer.empty() && !seat->pending.empty() &&
-        !seat->budget_woken && WakeParkedWorker(seat)) {
-      return;
+    if (seat->buffer.empty() && WakeParkedWorker(seat)) {
+      return marked ? awaited : std::vector<Seat*>();
     }
   }
   for (Seat* seat : awaited) {
     if (seat->buffer.empty()) Offer(seat, /*urgent=*/false);
   }
+  return marked ? awaited : std::vector<Seat*>();
 }
 
 BufferedElement SourcePool::TakeElement(Seat* seat) {
