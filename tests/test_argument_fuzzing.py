@@ -10,9 +10,11 @@ An oracle written from the documented contract (``parallel_interleave``'s docstr
 for each draw what must happen:
 
 * valid arguments: the elements of a tiny pipeline, in the reference model's order (as a multiset when sloppy);
+  as in the built-in, a 0-d NumPy array stands for its scalar and ``sloppy`` may be 1 or 0;
 * otherwise exactly one of the exceptions the individual bad arguments call for: ``TypeError`` for a wrong
   type (including float, bool and string tensors and every wrong type of a keyword-only argument),
-  ``tf.errors.InvalidArgumentError`` for a value out of range, a non-scalar tensor, an unknown
+  ``tf.errors.InvalidArgumentError`` for a value out of range (a uint64 tensor beyond the int64 maximum
+  included: never wrapped around), a non-scalar tensor or integer array, an unknown
   ``on_input_error`` string, ``max_skipped_inputs`` without ``on_input_error="skip"``, or more than 65536
   seats (``cycle_length + prefetch_input_elements``).  No other exception type is accepted (no
   ``ValueError``, ``OverflowError`` or ``AttributeError`` leaking from a conversion).
@@ -104,7 +106,7 @@ def int_like() -> st.SearchStrategy:
         st.builds(TensorArg, st.just("int32"), st.one_of(st.integers(-3, 6), st.sampled_from(
             [2**31 - 1, -2**31])), st.booleans()),
         st.builds(TensorArg, st.sampled_from(["uint8", "uint64"]), st.integers(0, 6), st.booleans()),
-        st.builds(TensorArg, st.just("uint64"), st.just(2**63 + 5), st.booleans()),
+        st.builds(TensorArg, st.just("uint64"), st.sampled_from([2**63 + 5, 2**64 - 1, INT64_MAX]), st.booleans()),
     )
     tensor_other = st.one_of(
         st.builds(TensorArg, st.sampled_from(["float32", "float64"]), st.sampled_from([2.0, -1.0, 0.5]),
@@ -118,7 +120,7 @@ def int_like() -> st.SearchStrategy:
         st.tuples(st.integers(-3, 6), st.sampled_from([np.int8, np.int16, np.int32, np.int64])).map(_numpy_scalar),
         st.tuples(st.integers(0, 6), st.sampled_from([np.uint8, np.uint64])).map(_numpy_scalar),
         st.sampled_from([np.int64(2**62), np.uint64(2**63 + 1), np.float32(2.0), np.bool_(True),
-                         np.array(2), np.array([1, 2])]),
+                         np.array(2), np.array([1, 2]), np.array(0), np.array(2.0), np.array(2, np.uint64)]),
     )
     wrong_types = st.sampled_from([True, False, None, 2.0, 0.5, -1.0, float("nan"), float("inf"), "2", "",
                                    b"2", [2], (2,), {"value": 2}, 1 + 2j])
@@ -169,8 +171,8 @@ ONE_ELEMENT_BYTES = 8
 ANY_VALUE = dict(
     cycle_length=int_like(),
     block_length=st.one_of(st.just(OMITTED), int_like()),
-    sloppy=st.sampled_from([OMITTED, False, True, None, np.bool_(True), np.bool_(False), 0, 1, "true",
-                            TensorArg("bool", True)]),
+    sloppy=st.sampled_from([OMITTED, False, True, None, np.bool_(True), np.bool_(False), 0, 1, 2, -1, "true",
+                            np.array(True), np.int64(1), TensorArg("bool", True)]),
     buffer_output_elements=optional_int_like(),
     prefetch_input_elements=optional_int_like(),
     on_input_error=st.sampled_from([OMITTED, OMITTED, "raise", "skip", "Skip", "", None, 1, b"skip",
@@ -232,8 +234,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def _wrap_int64(value: int) -> int:
-    return (value + 2**63) % 2**64 - 2**63
+def _unwrapped(value: Any) -> Any:
+    """A 0-d NumPy array stands for its scalar (the built-in converts it like any tensor-like value)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value[()]
+    return value
 
 
 @dataclasses.dataclass
@@ -248,6 +253,10 @@ class Verdict:
 
 def _int_argument(value: Any, minimum: int, errors: set) -> Optional[int]:
     """The int64 value an integer argument stands for, or None after recording its error."""
+    value = _unwrapped(value)
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
+        errors.add(IAE)  # not a scalar
+        return None
     if _is_int(value):
         if not minimum <= int(value) <= INT64_MAX:
             errors.add(IAE)
@@ -260,8 +269,9 @@ def _int_argument(value: Any, minimum: int, errors: set) -> Optional[int]:
         if not value.scalar:
             errors.add(IAE)
             return None
-        converted = _wrap_int64(int(value.payload))
-        if converted < minimum:
+        # A uint64 beyond the int64 maximum is out of range, not wrapped around to a negative count.
+        converted = int(value.payload)
+        if not minimum <= converted <= INT64_MAX:
             errors.add(IAE)
             return None
         return converted
@@ -315,8 +325,10 @@ def judge(draw: Draw) -> Verdict:
     if cycle is not None and prefetch is not None and cycle + prefetch > MAX_SEATS:
         errors.add(IAE)
 
-    sloppy = False if draw.sloppy is OMITTED else draw.sloppy
-    if sloppy is not None and not isinstance(sloppy, (bool, np.bool_)):
+    sloppy = False if draw.sloppy is OMITTED else _unwrapped(draw.sloppy)
+    # 1 and 0 stand for True and False, as in the built-in.
+    if (sloppy is not None and not isinstance(sloppy, (bool, np.bool_)) and
+            not (_is_int(sloppy) and int(sloppy) in (0, 1))):
         errors.add(TypeError)
     values["sloppy"] = bool(sloppy)
 
@@ -516,6 +528,17 @@ PINNED = [
     _draw(stall_warning_seconds=float("nan")),
     _draw(stall_warning_seconds=True),
     _draw(input_retries=TensorArg("int64", 1)),
+    # Never wrapped around to -1 (in a tf.function with an unknown shape, too).
+    _draw(cycle_length=TensorArg("uint64", 2**64 - 1)),
+    _draw(cycle_length=TensorArg("uint64", 2**64 - 1, unknown_shape=True)),
+    _draw(cycle_length=TensorArg("uint64", 3, unknown_shape=True)),
+    # What the built-in accepts: 0-d arrays for every count, 1 and 0 for `sloppy`.
+    _draw(cycle_length=np.array(2), block_length=np.array(2), buffer_output_elements=np.array(1),
+          prefetch_input_elements=np.array(0)),
+    _draw(cycle_length=np.array([1, 2])),
+    _draw(sloppy=1),
+    _draw(sloppy=0),
+    _draw(sloppy=2),
 ]
 
 

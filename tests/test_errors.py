@@ -8,11 +8,12 @@ import re
 import types
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Failure, collect, collect_with_errors, run_session_until_end, sized_input, \
-    sized_map_func
+from pipelines import STRIDE, Failure, collect, collect_with_errors, nested_values, run_session_until_end, \
+    sized_input, sized_map_func
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -92,6 +93,102 @@ def test_bad_argument_tf_function(tfi: types.ModuleType, name: str, value: int) 
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         interleave_all(tf.constant(value, tf.int64))
     _assert_names_argument(raised.value, name, value)
+
+
+NON_SCALARS = [("cycle_length", [2, 3]), ("block_length", [[1]]), ("buffer_output_elements", [2, 2]),
+               ("prefetch_input_elements", [0, 1, 2])]
+READ_MODES = ["eager", "tf_function", "graph"]
+
+
+def _error_of_argument(tfi: types.ModuleType, name: str, value: Any, dtype: tf.DType, mode: str) -> str:
+    """Applies the transformation with ``name=value`` and reads it: the message of the error raised.
+
+    Eager: a constant, checked at ``apply``. Otherwise a ``tf.function`` argument or a TF1 placeholder
+    of unknown shape, so that only the kernel sees the value.
+    """
+    def apply(argument: Any) -> tf.data.Dataset:
+        return sized_input([1, 2]).apply(tfi.parallel_interleave(sized_map_func([1, 2]),
+                                                                 **_arguments(name, argument)))
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        if mode == "eager":
+            apply(tf.constant(value, dtype))
+        elif mode == "tf_function":
+            tf.function(lambda argument: apply(argument).reduce(tf.constant(0, tf.int64), lambda a, b: a + b),
+                        input_signature=[tf.TensorSpec(None, dtype)])(tf.constant(value, dtype))
+        else:
+            with tf.Graph().as_default():
+                fed = tf.compat.v1.placeholder(dtype, None)
+                iterator = tf.compat.v1.data.make_initializable_iterator(apply(fed))
+                with tf.compat.v1.Session() as session:
+                    session.run(iterator.initializer, feed_dict={fed: value})
+    return str(raised.value)
+
+
+@pytest.mark.parametrize("name, value", NON_SCALARS, ids=[name for name, _ in NON_SCALARS])
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_non_scalar_argument_is_named_with_its_value(tfi: types.ModuleType, name: str, value: Any,
+                                                      mode: str) -> None:
+    message = _error_of_argument(tfi, name, value, tf.int64, mode)
+    assert f"`{name}` must be a scalar" in message, message
+    assert str(np.array(value)) in message, message
+
+
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_uint64_beyond_int64_is_named_not_wrapped_around(tfi: types.ModuleType, mode: str) -> None:
+    """2**64 - 1 would wrap around to -1 as an int64: the error shows the value that was passed."""
+    message = _error_of_argument(tfi, "cycle_length", 2**64 - 1, tf.uint64, mode)
+    assert "`cycle_length` must fit in int64" in message, message
+    assert str(2**64 - 1) in message, message
+    assert "-1" not in message, message
+
+
+@pytest.mark.parametrize("arguments", [
+    pytest.param(dict(cycle_length=np.array(2)), id="array-cycle_length"),
+    pytest.param(dict(cycle_length=np.array(3), block_length=np.array(2), buffer_output_elements=np.array(1),
+                      prefetch_input_elements=np.array(0)), id="array-every-count"),
+    pytest.param(dict(cycle_length=2, sloppy=0), id="sloppy=0"),
+    pytest.param(dict(cycle_length=2, sloppy=1), id="sloppy=1"),
+])
+def test_arguments_the_builtin_converts_work_alike(tfi: types.ModuleType, builtin_interleave: Callable,
+                                                   arguments: Dict[str, Any]) -> None:
+    """Existing pipelines change only their import: 0-d arrays and 1/0 for ``sloppy`` work as in the built-in."""
+    sizes = [3, 1, 4, 2, 5]
+    counts = {name: int(value) for name, value in arguments.items() if name != "sloppy"}
+    expected = interleave_order(nested_values(sizes), **counts)
+    ours = collect(sized_input(sizes).apply(tfi.parallel_interleave(sized_map_func(sizes), **arguments)))
+    theirs = collect(sized_input(sizes).apply(builtin_interleave(sized_map_func(sizes), **arguments)))
+    assert sorted(theirs) == sorted(expected)
+    if arguments.get("sloppy"):
+        assert sorted(ours) == sorted(expected)
+    else:
+        assert ours == expected
+
+
+@pytest.mark.parametrize("sloppy", [2, -1, "true", np.int64(3)], ids=["2", "-1", "str", "numpy-3"])
+def test_sloppy_other_than_bool_or_one_or_zero_is_a_type_error(tfi: types.ModuleType, sloppy: Any) -> None:
+    with pytest.raises(TypeError, match=rf"`sloppy`.*{type(sloppy).__name__}: {re.escape(repr(sloppy))}"):
+        tfi.parallel_interleave(sized_map_func([1]), cycle_length=2, sloppy=sloppy)
+
+
+def _returns_none(index: tf.Tensor) -> None:
+    del index
+
+
+def _returns_list(index: tf.Tensor) -> List[tf.Tensor]:
+    return [index, index]
+
+
+@pytest.mark.parametrize("map_func, described", [
+    pytest.param(_returns_none, "it returned None.", id="None"),
+    pytest.param(_returns_list, "it returned a tuple or list of 2 values (a tf.Tensor", id="list"),
+])
+def test_map_func_result_is_described_as_returned(tfi: types.ModuleType, map_func: Callable,
+                                                  described: str) -> None:
+    """Tracing turns ``None`` into a ``NoneTensorSpec`` and a list into a tuple: the message says what was returned."""
+    with pytest.raises(TypeError) as raised:
+        tf.data.Dataset.range(3).apply(tfi.parallel_interleave(map_func, cycle_length=2))
+    assert described in str(raised.value)
 
 
 @pytest.mark.parametrize("map_func, returned_names", [

@@ -30,6 +30,38 @@ def is_python_int(value) -> bool:
           not isinstance(value, (bool, np.bool_)))
 
 
+def unwrapped(value: Any) -> Any:
+  """A 0-d NumPy array as its scalar; any other value as it is.
+
+  The built-in converts its arguments with `tf.convert_to_tensor`, so
+  `np.array(2)` works there and must work here too.
+  """
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    return value[()]
+  return value
+
+
+def _value_of(tensor: tf.Tensor) -> str:
+  """The tensor's value for an error message, when it is known now."""
+  value = tf.get_static_value(tensor)
+  return "" if value is None else f": {value}"
+
+
+def _fits_int64(name: str, tensor: tf.Tensor) -> tf.Tensor:
+  """A uint64 tensor as int64, failing (not wrapping) above the int64 max."""
+  value = tf.get_static_value(tensor)
+  if value is not None:
+    too_big = np.asarray(value)[np.asarray(value) > _INT64_MAX]
+    if too_big.size:
+      raise _invalid(f"`{name}` must fit in int64, got {too_big.flat[0]}.")
+    return tf.cast(tensor, tf.int64, name=name)
+  check = tf.debugging.assert_less_equal(
+      tensor, tf.constant(_INT64_MAX, tf.uint64),
+      message=f"`{name}` must fit in int64")
+  with tf.control_dependencies([check]):
+    return tf.cast(tensor, tf.int64, name=name)
+
+
 def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
   """Converts an integer argument to a scalar int64 tensor.
 
@@ -43,9 +75,10 @@ def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
 
   Raises:
     tf.errors.InvalidArgumentError: If a Python integer is out of range, or a
-      tensor is not a scalar.
+      tensor or array is not a scalar.
     TypeError: If `value` is not an integer.
   """
+  value = unwrapped(value)
   if is_python_int(value):
     value = int(value)
     if value < minimum:
@@ -61,8 +94,14 @@ def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
                       f"tensor: {value!r}.")
     if tensor.shape.rank is not None and tensor.shape.rank != 0:
       raise _invalid(f"`{name}` must be a scalar, got a tensor of shape "
-                     f"{tensor.shape}.")
+                     f"{tensor.shape}{_value_of(tensor)}.")
+    if tensor.dtype == tf.uint64:
+      return _fits_int64(name, tensor)
     return tf.cast(tensor, tf.int64, name=name)
+  if (isinstance(value, np.ndarray) and
+      np.issubdtype(value.dtype, np.integer)):
+    raise _invalid(f"`{name}` must be a scalar, got an array of shape "
+                   f"{value.shape}: {value}.")
   raise TypeError(f"`{name}` must be an integer or an integer scalar tensor, "
                   f"got {type(value).__name__}: {value!r}.")
 
@@ -74,6 +113,7 @@ def doubled(name: str, value: IntArgument) -> IntArgument:
   overflowing, for Python integers and tensors alike: a huge `value` is then
   reported as itself, not as a default the caller never passed.
   """
+  value = unwrapped(value)
   if is_python_int(value):
     return min(2 * int(value), _INT64_MAX)
   tensor = to_int64(name, value, 1)
@@ -85,6 +125,8 @@ def check_seats(cycle_length: IntArgument,
                 prefetch_input_elements: IntArgument,
                 prefetch_is_default: bool = False) -> None:
   """Rejects more open inputs than the kernel accepts (Python ints only)."""
+  cycle_length = unwrapped(cycle_length)
+  prefetch_input_elements = unwrapped(prefetch_input_elements)
   if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
     # As Python ints: NumPy integers of small types would wrap around.
     if int(cycle_length) + int(prefetch_input_elements) > MAX_SEATS:
@@ -161,18 +203,21 @@ def deterministic_attr(sloppy) -> str:
   """Maps `sloppy` to the op's `deterministic` attr.
 
   Args:
-    sloppy: True, False, or None (decided by the pipeline's options).
+    sloppy: True, False, or None (decided by the pipeline's options); 1 and
+      0 stand for True and False, as in the built-in.
 
   Returns:
     "false", "true" or "default".
 
   Raises:
-    TypeError: If `sloppy` is not a bool or None.
+    TypeError: If `sloppy` is not one of those.
   """
+  sloppy = unwrapped(sloppy)
   if sloppy is None:
     return "default"
-  if isinstance(sloppy, (bool, np.bool_)):
+  if (isinstance(sloppy, (bool, np.bool_)) or
+      (is_python_int(sloppy) and int(sloppy) in (0, 1))):
     return "false" if sloppy else "true"
   raise TypeError(
-      f"`sloppy` must be True, False or None, got {type(sloppy).__name__}: "
-      f"{sloppy!r}.")
+      f"`sloppy` must be True, False (or 1, 0) or None, got "
+      f"{type(sloppy).__name__}: {sloppy!r}.")

@@ -8,6 +8,7 @@ import tensorflow as tf
 # public equivalent.
 from tensorflow.python.data.ops import dataset_ops
 from tensorflow.python.data.ops import structured_function
+from tensorflow.python.framework import none_tensor
 
 from tf_interleave import _arguments
 from tf_interleave import _ops
@@ -17,8 +18,12 @@ def _describe_output(structure) -> str:
   """Says in words what a traced `map_func` returned."""
   if isinstance(structure, tf.TensorSpec):
     return f"a tf.Tensor ({structure})"
-  if structure is None:
+  if structure is None or isinstance(structure, none_tensor.NoneTensorSpec):
     return "None"
+  if isinstance(structure, tuple):
+    # Tracing turns a returned list into a tuple.
+    return (f"a tuple or list of {len(structure)} values "
+            f"({', '.join(_describe_output(item) for item in structure)})")
   return f"{type(structure).__name__} ({structure!r})"
 
 

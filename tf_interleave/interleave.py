@@ -53,13 +53,14 @@ def parallel_interleave(
     map_func: A function mapping an input element (any nested structure of
       tensors) to a `tf.data.Dataset`.
     cycle_length: The number of input datasets to interleave from in
-      parallel. A Python int or a scalar integer tensor, > 0.
+      parallel. A Python or NumPy int or a scalar integer tensor, > 0 (so
+      are the other counts).
     block_length: The number of consecutive elements to take from one
       dataset before moving to the next. > 0.
     sloppy: `False` for the deterministic order; `True` to allow elements out
       of order when that avoids waiting; `None` to follow the pipeline's
       `tf.data.Options().deterministic` option (deterministic unless it is
-      `False`). `tf.config.experimental.enable_op_determinism()` always
+      `False`). `1` and `0` stand for `True` and `False`. `tf.config.experimental.enable_op_determinism()` always
       forces the deterministic order.
     buffer_output_elements: The number of elements each interleaved dataset
       buffers ahead. > 0. Defaults to `2 * block_length`.

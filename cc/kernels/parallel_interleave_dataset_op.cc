@@ -9,6 +9,7 @@
 #include "tensorflow/core/framework/model.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/partial_tensor_shape.h"
+#include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/errors.h"
 #include "tensorflow/core/util/determinism.h"
 
@@ -334,35 +335,43 @@ ParallelInterleaveDatasetOp::ParallelInterleaveDatasetOp(
                  ctx->GetAttr(kProduceInline, &extensions_.produce_inline));
 }
 
+namespace {
+
+// Reads one of the scalar count arguments, naming it and the value it got
+// when that is not a scalar of at least `minimum`.
+absl::Status ParseCount(OpKernelContext* ctx, absl::string_view name,
+                        int64_t minimum, int64_t* count) {
+  const Tensor* tensor = nullptr;
+  TF_RETURN_IF_ERROR(ctx->input(name, &tensor));
+  if (!tensorflow::TensorShapeUtils::IsScalar(tensor->shape())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "`", name, "` must be a scalar, got a tensor of shape ",
+        tensor->shape().DebugString(), ": ",
+        tensor->SummarizeValue(8, /*print_v2=*/true), "."));
+  }
+  *count = tensor->scalar<int64_t>()();
+  if (*count < minimum) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("`", name, "` must be ", minimum == 0 ? ">= 0" : "> 0",
+                     ", got ", *count, "."));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,
                                               DatasetBase* input,
                                               DatasetBase** output) {
-  using tensorflow::data::ParseScalarArgument;
   SourcePoolOptions arguments = extensions_;
-  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kCycleLength,
-                                          &arguments.cycle_length));
-  OP_REQUIRES(ctx, arguments.cycle_length > 0,
-              absl::InvalidArgumentError(absl::StrCat(
-                  "`cycle_length` must be > 0, got ", arguments.cycle_length,
-                  ".")));
-  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kBlockLength,
-                                          &arguments.block_length));
-  OP_REQUIRES(ctx, arguments.block_length > 0,
-              absl::InvalidArgumentError(absl::StrCat(
-                  "`block_length` must be > 0, got ", arguments.block_length,
-                  ".")));
-  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kBufferOutputElements,
-                                          &arguments.buffer_output_elements));
-  OP_REQUIRES(ctx, arguments.buffer_output_elements > 0,
-              absl::InvalidArgumentError(absl::StrCat(
-                  "`buffer_output_elements` must be > 0, got ",
-                  arguments.buffer_output_elements, ".")));
-  OP_REQUIRES_OK(ctx, ParseScalarArgument(ctx, kPrefetchInputElements,
-                                          &arguments.prefetch_input_elements));
-  OP_REQUIRES(ctx, arguments.prefetch_input_elements >= 0,
-              absl::InvalidArgumentError(absl::StrCat(
-                  "`prefetch_input_elements` must be >= 0, got ",
-                  arguments.prefetch_input_elements, ".")));
+  OP_REQUIRES_OK(ctx, ParseCount(ctx, kCycleLength, 1,
+                                 &arguments.cycle_length));
+  OP_REQUIRES_OK(ctx, ParseCount(ctx, kBlockLength, 1,
+                                 &arguments.block_length));
+  OP_REQUIRES_OK(ctx, ParseCount(ctx, kBufferOutputElements, 1,
+                                 &arguments.buffer_output_elements));
+  OP_REQUIRES_OK(ctx, ParseCount(ctx, kPrefetchInputElements, 0,
+                                 &arguments.prefetch_input_elements));
   OP_REQUIRES(
       ctx,
       arguments.cycle_length <= kMaxSeats &&
