@@ -455,3 +455,49 @@ def test_freed_bytes_wake_only_the_workers_they_let_on(tfi: types.ModuleType, sl
         assert keys == expected[:take]
     per_element = switches / (take - take // 2)
     assert per_element < 50, f"{per_element:.0f} context switches per element ({switches} in all)"
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, sloppy: bool) -> None:
+    """The budget bounds every element made ahead, not only the buffered ones.
+
+    16 inputs open at once (8 in the cycle, 8 staged) and a budget of four 64 KB elements:
+    with the consumer idle, the nested datasets make no more than the budget's elements and
+    one beyond it (plus the one taken), although every input has room in its buffer. A
+    worker that made an element the budget cannot take holds it until there is room, so
+    one element made per input would be 16 elements of memory for a budget of 4.
+    """
+    inputs, per_input, floats, budget_elements = 16, 6, 16 * 1024, 4
+    element_bytes = floats * FLOAT_BYTES
+    made = [0]
+    lock = threading.Lock()
+
+    def count(value: tf.Tensor) -> tf.Tensor:
+        with lock:
+            made[0] += 1
+        return value
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        base = tf.constant(STRIDE, tf.int64) * index
+        return tf.data.Dataset.range(base, base + per_input).map(
+            lambda value: tf.py_function(count, [value], tf.int64)).map(
+            lambda value: tf.fill([floats], tf.cast(value, tf.float32)))
+
+    dataset = without_injected_prefetch(tf.data.Dataset.range(inputs).apply(tfi.parallel_interleave(
+        map_func, cycle_length=8, sloppy=sloppy, prefetch_input_elements=8, buffer_output_elements=4,
+        memory_budget_bytes=budget_elements * element_bytes)))
+
+    def go() -> Tuple[List[Tuple[int, int]], int]:
+        iterator = iter(dataset)
+        keys = [element_key(next(iterator))]
+        time.sleep(1.0)  # Long enough for every worker to make an element, if it would.
+        with lock:
+            made_ahead = made[0]
+        keys += [element_key(element) for element in iterator]
+        return keys, made_ahead
+
+    keys, made_ahead = bounded(go)
+    check_output(sloppy, keys, interleave_order(expected_keys((per_input,) * inputs, (floats,) * inputs),
+                                                8, 1, 8, 4))
+    assert made_ahead <= 1 + budget_elements + 1, (
+        f"{made_ahead} elements made with one taken and a budget of {budget_elements}")

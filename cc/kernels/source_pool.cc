@@ -140,6 +140,16 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
     return Work::kReady;
   }
   if (buffered_bytes_ >= budget) return Work::kHeldByBudget;
+  // A call starts only while the budget has room beyond what is buffered,
+  // parked and under way (counted at the usual size), so that every worker
+  // of a large cycle cannot make an element at once and park it: before
+  // any element is measured, one call at a time.
+  if (measured_elements_ == 0
+          ? producing_ > 0
+          : buffered_bytes_ + parked_bytes_ +
+                    UsualElementBytes() * producing_ >= budget) {
+    return Work::kHeldByBudget;
+  }
   // Deterministic: an element beyond the source's next block is read a
   // whole cycle later at the soonest. While the budget could not hold a
   // cycle's blocks, it would only keep the next blocks of other sources
@@ -155,8 +165,8 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
 }
 
 int64_t SourcePool::UsualElementBytes() const {
-  return std::max<int64_t>(1, delivered_ > 0 ? delivered_bytes_ / delivered_
-                                             : 1);
+  return std::max<int64_t>(
+      1, measured_elements_ > 0 ? measured_bytes_ / measured_elements_ : 1);
 }
 
 int64_t SourcePool::BudgetElements() const {
@@ -195,12 +205,19 @@ void SourcePool::UseFreedBudget() {
     room -= bytes;
     WakeParkedWorker(seat);
   }
-  // Then as many held seats as elements of the usual size fit in what is
-  // left, less those already queued or under way: over-offering only makes
-  // workers produce elements that then park, beyond the budget.
+  OfferHeldWork();
+}
+
+void SourcePool::OfferHeldWork() {
+  // As many held seats as elements of the usual size fit in the budget once
+  // the buffered and parked elements (woken or not) and the calls queued or
+  // under way are counted: over-offering only makes workers produce
+  // elements that then park, beyond the budget.
   const int64_t usual_bytes = UsualElementBytes();
-  room -= usual_bytes *
-          (static_cast<int64_t>(work_queue_.size()) + active_calls_);
+  int64_t room = options_.memory_budget_bytes - buffered_bytes_ -
+                 parked_bytes_ -
+                 usual_bytes * (static_cast<int64_t>(work_queue_.size()) +
+                                producing_);
   // The elements the consumer reads soonest first: the next block of each
   // source of the cycle, from its next slot on, as far as the budget could
   // hold them; then, oldest first, the rest (elements read a cycle later,
@@ -348,6 +365,7 @@ SourcePool::Task SourcePool::NextTask() {
       task.seat = seat;
       if (task.kind == TaskKind::kProduce) {
         NoteCallStart(seat);
+        ++producing_;
       } else if (options_.sloppy) {
         seat->pace.OpenStarted(EnvTime::NowNanos());
       }
@@ -383,6 +401,7 @@ void SourcePool::WorkerThread(int64_t rank) {
       if (--active_calls_ == 0 && pause_requests_ > 0) {
         pause_cond_var_.notify_all();
       }
+      if (task.kind == TaskKind::kProduce) --producing_;
       FinishTask(&task, l, &dropped);
       follow_up = task.follow_up;
       task = Task();
@@ -395,6 +414,7 @@ void SourcePool::WorkerThread(int64_t rank) {
         follow_up->claimed = true;
         NoteCallStart(follow_up);
         ++active_calls_;
+        ++producing_;
         continue;
       }
       Offer(follow_up, /*urgent=*/false);
@@ -806,8 +826,11 @@ bool SourcePool::BudgetAllows(const Seat& seat, int64_t bytes) const {
 
 bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
   element.bytes = BytesOf(element.tensors);
+  ++measured_elements_;
+  measured_bytes_ += element.bytes;
   if (!BudgetAllows(*seat, element.bytes)) {
     // Held in `pending` meanwhile, so a checkpoint taken now keeps it.
+    parked_bytes_ += element.bytes;
     seat->pending.push_back(std::move(element));
     ++budget_parked_workers_;
     WakeForRemainingWork();
@@ -820,6 +843,7 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
       }
     }
     --budget_parked_workers_;
+    parked_bytes_ -= seat->pending.front().bytes;
     if (cancelled_) return false;
     element = std::move(seat->pending.front());
     seat->pending.pop_front();
@@ -829,6 +853,10 @@ bool SourcePool::Push(Seat* seat, BufferedElement element, mutex_lock& lock) {
   seat->buffer.push_back(std::move(element));
   ++seat->produced;
   WakeConsumer(ConsumerWait::kSource, seat->source);
+  // The element may be smaller than the usual size its call was counted
+  // at, or the first measured: work the budget held may fit now. (No parked
+  // element fits better than before: the buffers only grew.)
+  if (!budget_held_.empty()) OfferHeldWork();
   return true;
 }
 

@@ -55,7 +55,8 @@
 //    once the input has ended and every source is drained. Seats are made
 //    as inputs are pulled, so a huge cycle over a short input costs only
 //    the seats it fills.
-//  - With a memory budget, work the budget holds back waits in a list, and
+//  - With a memory budget (which counts parked elements and the calls under
+//    way too), work the budget holds back waits in a list, and
 //    a worker whose element does not fit parks on its seat's condition
 //    variable; bytes the consumer frees go to parked elements that fit,
 //    then to the held inputs read soonest (`UseFreedBudget`), so a full
@@ -363,7 +364,7 @@ class SourcePool : public StatsSource {
   bool HasWork(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return WorkOf(seat) == Work::kReady;
   }
-  // The mean size of the elements delivered so far (1 before any), and how
+  // The mean size of the elements produced so far (1 before any), and how
   // many such elements the memory budget holds.
   int64_t UsualElementBytes() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t BudgetElements() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -388,6 +389,9 @@ class SourcePool : public StatsSource {
   // held seats (the inputs read soonest first), instead of waking and
   // offering every seat for each element.
   void UseFreedBudget() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The second half of `UseFreedBudget`: offers held seats as far as the
+  // budget has room for new elements.
+  void OfferHeldWork() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Wakes the worker parked in `Push` on the seat, if one is not woken yet;
   // returns whether one was.
   bool WakeParkedWorker(Seat* seat) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -603,6 +607,14 @@ class SourcePool : public StatsSource {
   // `GetNext` because an error had to come first.
   std::vector<BufferedElement> stashed_ TF_GUARDED_BY(mu_);
   int64_t buffered_bytes_ TF_GUARDED_BY(mu_) = 0;
+  // The memory budget counts what is not buffered yet as well: elements
+  // whose workers are parked in `Push`, and calls under way that will
+  // produce one (`producing_`, worker and inline calls alike).
+  int64_t parked_bytes_ TF_GUARDED_BY(mu_) = 0;
+  int64_t producing_ TF_GUARDED_BY(mu_) = 0;
+  // Elements produced so far and their bytes, for `UsualElementBytes`.
+  int64_t measured_elements_ TF_GUARDED_BY(mu_) = 0;
+  int64_t measured_bytes_ TF_GUARDED_BY(mu_) = 0;
 
   // Stats (see interleave_stats.h).
   int64_t delivered_ TF_GUARDED_BY(mu_) = 0;

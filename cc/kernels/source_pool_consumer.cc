@@ -377,6 +377,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   }
   seat->claimed = true;
   ++active_calls_;
+  ++producing_;
   Task task;
   task.kind = TaskKind::kProduce;
   task.seat = seat;
@@ -406,6 +407,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   if (--active_calls_ == 0 && pause_requests_ > 0) {
     pause_cond_var_.notify_all();
   }
+  --producing_;
   std::unique_ptr<IteratorBase> dropped;
   // The consumer waits on this source as far as the memory budget goes: its
   // element may always be buffered, or the consumer would wait on itself.
