@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Failure, collect, collect_with_errors, nested_values, run_session_until_end, \
-    sized_input, sized_map_func
+from pipelines import STRIDE, Failure, collect, collect_in_mode, collect_with_errors, nested_values, \
+    run_session_until_end, sized_input, sized_map_func
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -150,13 +150,15 @@ def test_uint64_beyond_int64_is_named_not_wrapped_around(tfi: types.ModuleType, 
     pytest.param(dict(cycle_length=2, sloppy=0), id="sloppy=0"),
     pytest.param(dict(cycle_length=2, sloppy=1), id="sloppy=1"),
 ])
+@pytest.mark.parametrize("mode", READ_MODES)
 def test_arguments_the_builtin_converts_work_alike(tfi: types.ModuleType, builtin_interleave: Callable,
-                                                   arguments: Dict[str, Any]) -> None:
+                                                   arguments: Dict[str, Any], mode: str) -> None:
     """Existing pipelines change only their import: 0-d arrays and 1/0 for ``sloppy`` work as in the built-in."""
     sizes = [3, 1, 4, 2, 5]
     counts = {name: int(value) for name, value in arguments.items() if name != "sloppy"}
     expected = interleave_order(nested_values(sizes), **counts)
-    ours = collect(sized_input(sizes).apply(tfi.parallel_interleave(sized_map_func(sizes), **arguments)))
+    ours = collect_in_mode(
+        lambda: sized_input(sizes).apply(tfi.parallel_interleave(sized_map_func(sizes), **arguments)), mode)
     theirs = collect(sized_input(sizes).apply(builtin_interleave(sized_map_func(sizes), **arguments)))
     assert sorted(theirs) == sorted(expected)
     if arguments.get("sloppy"):

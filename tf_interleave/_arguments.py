@@ -34,7 +34,8 @@ def unwrapped(value: Any) -> Any:
   """A 0-d NumPy array as its scalar; any other value as it is.
 
   The built-in converts its arguments with `tf.convert_to_tensor`, so
-  `np.array(2)` works there and must work here too.
+  `np.array(2)` works there and must work here too. Applied once, where the
+  arguments come in; the helpers below take what it returns.
   """
   if isinstance(value, np.ndarray) and value.ndim == 0:
     return value[()]
@@ -78,7 +79,6 @@ def to_int64(name: str, value: IntArgument, minimum: int) -> tf.Tensor:
       tensor or array is not a scalar.
     TypeError: If `value` is not an integer.
   """
-  value = unwrapped(value)
   if is_python_int(value):
     value = int(value)
     if value < minimum:
@@ -113,7 +113,6 @@ def doubled(name: str, value: IntArgument) -> IntArgument:
   overflowing, for Python integers and tensors alike: a huge `value` is then
   reported as itself, not as a default the caller never passed.
   """
-  value = unwrapped(value)
   if is_python_int(value):
     return min(2 * int(value), _INT64_MAX)
   tensor = to_int64(name, value, 1)
@@ -125,8 +124,6 @@ def check_seats(cycle_length: IntArgument,
                 prefetch_input_elements: IntArgument,
                 prefetch_is_default: bool = False) -> None:
   """Rejects more open inputs than the kernel accepts (Python ints only)."""
-  cycle_length = unwrapped(cycle_length)
-  prefetch_input_elements = unwrapped(prefetch_input_elements)
   if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
     # As Python ints: NumPy integers of small types would wrap around.
     if int(cycle_length) + int(prefetch_input_elements) > MAX_SEATS:

@@ -50,6 +50,11 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
                memory_budget_bytes: Optional[int] = None,
                stall_warning_seconds: Optional[float] = None,
                produce_inline: bool = True):
+    # A 0-d NumPy array counts as its scalar, in every check below.
+    cycle_length = _arguments.unwrapped(cycle_length)
+    block_length = _arguments.unwrapped(block_length)
+    buffer_output_elements = _arguments.unwrapped(buffer_output_elements)
+    prefetch_input_elements = _arguments.unwrapped(prefetch_input_elements)
     if buffer_output_elements is None:
       buffer_output_elements = _arguments.doubled("block_length", block_length)
     prefetch_is_default = prefetch_input_elements is None
