@@ -15,8 +15,9 @@ for each draw what must happen:
   type (including float, bool and string tensors and every wrong type of a keyword-only argument),
   ``tf.errors.InvalidArgumentError`` for a value out of range (a uint64 tensor beyond the int64 maximum
   included: never wrapped around), a non-scalar tensor or integer array, an unknown
-  ``on_input_error`` string, ``max_skipped_inputs`` without ``on_input_error="skip"``, or more than 65536
-  seats (``cycle_length + prefetch_input_elements``).  No other exception type is accepted (no
+  ``on_input_error`` string, or ``max_skipped_inputs`` without ``on_input_error="skip"``.  Any number of
+  seats (``cycle_length + prefetch_input_elements``, up to twice the int64 maximum) is valid.  No other
+  exception type is accepted (no
   ``ValueError``, ``OverflowError`` or ``AttributeError`` leaking from a conversion).
 
 In eager mode the error must come when the transformation is made or applied, never later while iterating.
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.usefixtures("hang_guard")
 
 SIZES = [2, 0, 3, 1, 2]
 INT64_MAX = 2**63 - 1
-MAX_SEATS = 2**16
+MANY_SEATS = 2**16
 # An example that runs longer than this is cancelled and fails the test.
 HANG_SECONDS = 15
 
@@ -102,7 +103,7 @@ def int_like() -> st.SearchStrategy:
     valid_ints = st.integers(min_value=0, max_value=5)
     tensor_int = st.one_of(
         st.builds(TensorArg, st.just("int64"), st.one_of(st.integers(-3, 6), st.sampled_from(
-            [2**62, INT64_MAX, -2**63, 4096, 4097, MAX_SEATS, MAX_SEATS + 1])), st.booleans()),
+            [2**62, INT64_MAX, -2**63, 4096, 4097, MANY_SEATS, MANY_SEATS + 1])), st.booleans()),
         st.builds(TensorArg, st.just("int32"), st.one_of(st.integers(-3, 6), st.sampled_from(
             [2**31 - 1, -2**31])), st.booleans()),
         st.builds(TensorArg, st.sampled_from(["uint8", "uint64"]), st.integers(0, 6), st.booleans()),
@@ -321,9 +322,6 @@ def judge(draw: Draw) -> Verdict:
         values["prefetch_input_elements"] = _doubled(draw.cycle_length, 0, errors)
     else:
         values["prefetch_input_elements"] = _int_argument(draw.prefetch_input_elements, 0, errors)
-    cycle, prefetch = values["cycle_length"], values["prefetch_input_elements"]
-    if cycle is not None and prefetch is not None and cycle + prefetch > MAX_SEATS:
-        errors.add(IAE)
 
     sloppy = False if draw.sloppy is OMITTED else _unwrapped(draw.sloppy)
     # 1 and 0 stand for True and False, as in the built-in.
@@ -493,11 +491,11 @@ PINNED = [
     _draw(cycle_length=TensorArg("int64", INT64_MAX), prefetch_input_elements=TensorArg("int64", INT64_MAX)),
     _draw(cycle_length=2**70),
     _draw(cycle_length=4096, prefetch_input_elements=0),
-    # The seat bound, with explicit and default prefetching (3 * 21845 = 65535 seats).
-    _draw(cycle_length=MAX_SEATS, prefetch_input_elements=0),
-    _draw(cycle_length=MAX_SEATS + 1, prefetch_input_elements=0),
-    _draw(cycle_length=TensorArg("int64", MAX_SEATS), prefetch_input_elements=TensorArg("int64", 0)),
-    _draw(cycle_length=TensorArg("int64", MAX_SEATS - 1), prefetch_input_elements=TensorArg("int64", 2)),
+    # Many seats, with explicit and default prefetching: any number is valid (seats are made per input).
+    _draw(cycle_length=MANY_SEATS, prefetch_input_elements=0),
+    _draw(cycle_length=MANY_SEATS + 1, prefetch_input_elements=0),
+    _draw(cycle_length=TensorArg("int64", MANY_SEATS), prefetch_input_elements=TensorArg("int64", 0)),
+    _draw(cycle_length=TensorArg("int64", MANY_SEATS - 1), prefetch_input_elements=TensorArg("int64", 2)),
     _draw(cycle_length=21845),
     _draw(cycle_length=21846),
     _draw(cycle_length=TensorArg("int64", 21846)),
@@ -559,17 +557,17 @@ def test_memory_budget_of_at_most_one_element(tfi, sloppy: bool, budget: int) ->
 
 
 @pytest.mark.parametrize("in_function", [False, True], ids=["eager", "tf_function"])
-def test_huge_tensor_cycle_length_is_named_with_default_buffers(tfi, in_function: bool) -> None:
-    # The default prefetch_input_elements (2 * cycle_length) must not wrap around and take the blame.
-    def build() -> None:
+def test_huge_tensor_cycle_length_works_with_default_buffers(tfi, in_function: bool) -> None:
+    # The default prefetch_input_elements (2 * cycle_length) saturates: it must not wrap around into a
+    # negative value and fail, nor overflow the seat count.
+    if tfi.__name__ == "builtin":
+        pytest.skip("the legacy op allocates every seat up front")
+
+    def build() -> tf.Tensor:
         cycle_length = tf.constant(2**62, tf.int64)
         dataset = tf.data.Dataset.range(4).apply(
             tfi.parallel_interleave(lambda x: tf.data.Dataset.range(x), cycle_length))
-        for _ in dataset:
-            pass
+        return dataset.reduce(tf.constant([], tf.int64), lambda seen, value: tf.concat([seen, [value]], 0))
 
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"cycle_length=4611686018427387904"):
-        if in_function:
-            tf.function(build)()
-        else:
-            build()
+    values = (tf.function(build)() if in_function else build()).numpy().tolist()
+    assert values == [0, 0, 0, 1, 1, 2]

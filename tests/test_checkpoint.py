@@ -186,6 +186,18 @@ def test_eager_checkpoint_at_every_position(tfi: types.ModuleType, tmp_path, con
 
 
 @pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+def test_checkpoint_of_a_cycle_far_longer_than_the_input(tfi: types.ModuleType, tmp_path, sloppy: bool
+                                                         ) -> None:
+    """``cycle_length=10**6`` (three million seats by default) over nine inputs: the cycle saved is as long
+    as the input (a sloppy one grows as inputs come), and restores at every position."""
+    if tfi.__name__ == "builtin":
+        pytest.skip("the legacy op allocates every seat up front")
+    config = Config(10**6, 1, None, None)
+    expected = config.order(nested_values(SIZES))
+    _save_restore_everywhere(lambda: _sized_dataset(tfi, config, sloppy), expected, sloppy, str(tmp_path))
+
+
+@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
 def test_checkpoint_after_end_of_sequence(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     config = CONFIGS[1]
     iterator = iter(_sized_dataset(tfi, config, sloppy))

@@ -15,9 +15,6 @@ import tensorflow as tf
 IntArgument = Union[int, tf.Tensor, tf.Variable]
 
 _INT64_MAX = np.iinfo(np.int64).max
-# Same bound as the kernel's on interleaved plus prefetched inputs (worker
-# threads are capped apart, at 4096).
-MAX_SEATS = 1 << 16
 
 
 def _invalid(message: str) -> tf.errors.InvalidArgumentError:
@@ -118,20 +115,6 @@ def doubled(name: str, value: IntArgument) -> IntArgument:
   tensor = to_int64(name, value, 1)
   return tf.where(tensor > _INT64_MAX // 2,
                   tf.constant(_INT64_MAX, tf.int64), 2 * tensor)
-
-
-def check_seats(cycle_length: IntArgument,
-                prefetch_input_elements: IntArgument,
-                prefetch_is_default: bool = False) -> None:
-  """Rejects more open inputs than the kernel accepts (Python ints only)."""
-  if is_python_int(cycle_length) and is_python_int(prefetch_input_elements):
-    # As Python ints: NumPy integers of small types would wrap around.
-    if int(cycle_length) + int(prefetch_input_elements) > MAX_SEATS:
-      default = " (the default, 2 * cycle_length)" if prefetch_is_default else ""
-      raise _invalid(
-          f"`cycle_length` + `prefetch_input_elements` must be at most "
-          f"{MAX_SEATS}, got cycle_length={cycle_length} and "
-          f"prefetch_input_elements={prefetch_input_elements}{default}.")
 
 
 def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],

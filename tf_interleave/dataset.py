@@ -57,8 +57,7 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
     prefetch_input_elements = _arguments.unwrapped(prefetch_input_elements)
     if buffer_output_elements is None:
       buffer_output_elements = _arguments.doubled("block_length", block_length)
-    prefetch_is_default = prefetch_input_elements is None
-    if prefetch_is_default:
+    if prefetch_input_elements is None:
       prefetch_input_elements = _arguments.doubled("cycle_length", cycle_length)
     self._cycle_length = _arguments.to_int64("cycle_length", cycle_length, 1)
     self._block_length = _arguments.to_int64("block_length", block_length, 1)
@@ -66,8 +65,6 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
         "buffer_output_elements", buffer_output_elements, 1)
     self._prefetch_input_elements = _arguments.to_int64(
         "prefetch_input_elements", prefetch_input_elements, 0)
-    _arguments.check_seats(cycle_length, prefetch_input_elements,
-                           prefetch_is_default)
     self._deterministic = _arguments.deterministic_attr(sloppy)
     self._extension_attrs = _arguments.extension_attrs(
         on_input_error, max_skipped_inputs, input_retries,

@@ -65,8 +65,7 @@ def parallel_interleave(
     buffer_output_elements: The number of elements each interleaved dataset
       buffers ahead. > 0. Defaults to `2 * block_length`.
     prefetch_input_elements: The number of input datasets opened ahead of
-      need. >= 0. Defaults to `2 * cycle_length`. `cycle_length +
-      prefetch_input_elements` must be at most 65536.
+      need. >= 0. Defaults to `2 * cycle_length`.
     on_input_error: (Keyword-only.) `"raise"` (default, the legacy
       behaviour): an error of a nested dataset or of `map_func` is delivered
       at its position. `"skip"`: the rest of that input is dropped, the error

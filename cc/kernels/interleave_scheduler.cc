@@ -11,11 +11,7 @@ InterleaveScheduler::InterleaveScheduler(int64_t cycle_length,
 
 bool InterleaveScheduler::MaybeStart() {
   if (state_.started) return true;
-  if (sloppy_) {
-    // The cycle's length only matters for the order, which sloppy mode does
-    // not promise: start at once and fill slots as inputs arrive.
-    state_.cycle.assign(cycle_length_, kAwaitingSlot);
-  } else {
+  if (!sloppy_) {
     // Deterministic order needs the cycle's real length, which is shorter
     // than cycle_length when the input is.
     if (state_.inputs_known < cycle_length_ && !state_.input_ended) {
@@ -26,6 +22,9 @@ bool InterleaveScheduler::MaybeStart() {
     for (int64_t i = 0; i < length; ++i) state_.cycle[i] = i;
     state_.next_source = length;
   }
+  // Sloppy order does not depend on the cycle's length: start at once with
+  // no slot and add slots as inputs arrive (`FillAwaitingSlots`), so a huge
+  // `cycle_length` over a short input costs only the slots it fills.
   state_.started = true;
   return true;
 }
@@ -83,10 +82,23 @@ bool InterleaveScheduler::RefillSlot(int64_t index,
 }
 
 void InterleaveScheduler::FillAwaitingSlots(const CostFn& staged_cost) {
-  for (int64_t index = 0; index < static_cast<int64_t>(state_.cycle.size());
+  std::vector<int64_t>& cycle = state_.cycle;
+  for (int64_t index = 0; index < static_cast<int64_t>(cycle.size());
        ++index) {
-    if (state_.cycle[index] == kAwaitingSlot) RefillSlot(index, staged_cost);
+    if (cycle[index] == kAwaitingSlot) RefillSlot(index, staged_cost);
   }
+  // The slots not made yet come after the existing ones, as if they had
+  // been awaiting at the end of the cycle.
+  while (static_cast<int64_t>(cycle.size()) < cycle_length_ &&
+         state_.next_source < state_.inputs_known) {
+    cycle.push_back(kAwaitingSlot);
+    RefillSlot(cycle.size() - 1, staged_cost);
+  }
+}
+
+bool InterleaveScheduler::SlotsToMake() const {
+  return sloppy_ && static_cast<int64_t>(state_.cycle.size()) < cycle_length_ &&
+         !state_.input_ended;
 }
 
 void InterleaveScheduler::AdvanceBlock(int64_t index) {
@@ -143,7 +155,7 @@ InterleaveScheduler::Decision InterleaveScheduler::Next(
       // the next slot that has elements (as the legacy op does).
     }
     if (restart) continue;
-    if (any_live) return {Kind::kWaitForAny, -1};
+    if (any_live || SlotsToMake()) return {Kind::kWaitForAny, -1};
     if (state_.input_ended && state_.next_source >= state_.inputs_known) {
       return {Kind::kEndOfSequence, -1};
     }
@@ -225,10 +237,10 @@ std::string InterleaveScheduler::Restore(const State& state) {
     return "next index out of range";
   }
   if (sloppy_) {
-    if (length != cycle_length_) {
+    // Slots are made as inputs arrive, up to cycle_length.
+    if (length > cycle_length_) {
       return "sloppy cycle of " + std::to_string(length) +
-             " slots does not match cycle_length " +
-             std::to_string(cycle_length_);
+             " slots exceeds cycle_length " + std::to_string(cycle_length_);
     }
   } else {
     // A deterministic cycle is shorter than cycle_length only when the

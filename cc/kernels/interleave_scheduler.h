@@ -27,6 +27,10 @@
 //     source left to open; it never becomes live again.
 //  3. In deterministic mode the decision depends only on the sequence of
 //     source states, never on when the caller learnt them.
+//  4. The cycle has at most cycle_length slots. A deterministic one gets
+//     them all when it starts; a sloppy one starts with none and gains one
+//     per source known while it is shorter, so its slots cost memory and
+//     scanning only for the inputs that exist.
 #ifndef TF_INTERLEAVE_CC_KERNELS_INTERLEAVE_SCHEDULER_H_
 #define TF_INTERLEAVE_CC_KERNELS_INTERLEAVE_SCHEDULER_H_
 
@@ -130,8 +134,12 @@ class InterleaveScheduler {
   // Builds the cycle once enough of the input is known. Returns false when
   // the caller must wait for the input.
   bool MaybeStart();
-  // Sloppy mode: assigns known sources to awaiting slots, in slot order.
+  // Sloppy mode: assigns known sources to awaiting slots, in slot order,
+  // then to new slots while the cycle is shorter than cycle_length.
   void FillAwaitingSlots(const CostFn& staged_cost);
+  // Sloppy mode: the cycle may still grow (it is shorter than cycle_length
+  // and the input has not ended).
+  bool SlotsToMake() const;
   // Moves the next staged source into slot `index` if one is known (the
   // front of staging, or in sloppy mode a much costlier one); empties the
   // slot when the input has ended. Returns true when a source was placed.

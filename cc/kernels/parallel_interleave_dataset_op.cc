@@ -372,17 +372,6 @@ void ParallelInterleaveDatasetOp::MakeDataset(OpKernelContext* ctx,
                                  &arguments.buffer_output_elements));
   OP_REQUIRES_OK(ctx, ParseCount(ctx, kPrefetchInputElements, 0,
                                  &arguments.prefetch_input_elements));
-  OP_REQUIRES(
-      ctx,
-      arguments.cycle_length <= kMaxSeats &&
-          arguments.prefetch_input_elements <=
-              kMaxSeats - arguments.cycle_length,
-      absl::InvalidArgumentError(absl::StrCat(
-          "`cycle_length` + `prefetch_input_elements` must be at most ",
-          kMaxSeats, ", got cycle_length=",
-          arguments.cycle_length, " and prefetch_input_elements=",
-          arguments.prefetch_input_elements, ".")));
-
   std::unique_ptr<CapturedFunction> captured_func;
   OP_REQUIRES_OK(ctx, CapturedFunction::Create(ctx, func_metadata_,
                                                kOtherArguments,

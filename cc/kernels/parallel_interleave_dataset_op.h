@@ -40,11 +40,6 @@ class ParallelInterleaveDatasetOp
       "stall_warning_seconds";
   static constexpr const char* const kProduceInline = "produce_inline";
 
-  // Seats cost bookkeeping only (threads are capped apart, see
-  // SourcePool), but a sloppy cycle keeps a slot per `cycle_length` and
-  // scans them for each element: beyond this many the op refuses to start.
-  static constexpr int64_t kMaxSeats = int64_t{1} << 16;
-
   explicit ParallelInterleaveDatasetOp(tensorflow::OpKernelConstruction* ctx);
 
  protected:

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <limits>
 #include <string>
 #include <utility>
 
@@ -36,6 +37,15 @@ constexpr size_t kFinishedInputsInStats = 64;
 // Longest input label kept.
 constexpr size_t kMaxLabelLength = 256;
 
+// cycle_length + prefetch_input_elements, saturating: both may be huge
+// (the seats are made as inputs are pulled).
+int64_t SeatsFor(const SourcePoolOptions& options) {
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  return options.prefetch_input_elements > max - options.cycle_length
+             ? max
+             : options.cycle_length + options.prefetch_input_elements;
+}
+
 int64_t BytesOf(const std::vector<Tensor>& tensors) {
   int64_t bytes = 0;
   for (const Tensor& tensor : tensors) bytes += tensor.TotalBytes();
@@ -59,7 +69,7 @@ SourcePool::SourcePool(const SourcePoolOptions& options,
                        SourcePoolCallbacks callbacks)
     : options_(options),
       callbacks_(std::move(callbacks)),
-      num_seats_(options.cycle_length + options.prefetch_input_elements),
+      num_seats_(SeatsFor(options)),
       scheduler_(options.cycle_length, options.block_length, options.sloppy),
       worker_threads_(std::make_shared<WorkerThreads>()) {}
 
