@@ -262,11 +262,20 @@ def chart(rows: List[dict], path: str, title: str, quick: bool) -> None:
         high.append(ratio["max"] - ratio["median"])
         bar_colors.append(color)
   y = range(len(labels))
-  ax.barh(y, ratios, xerr=[low, high], color=bar_colors, capsize=2)
+  # Bars grow from parity on a log axis, so 0.5x and 2x look alike and one
+  # wild repetition of the noise floor does not flatten every other bar.
+  ax.barh(y, [r - 1.0 for r in ratios], left=1.0, xerr=[low, high],
+          color=bar_colors, capsize=2)
+  ax.set_xscale("log")
+  lowest, highest = ax.get_xlim()
+  ax.set_xticks([t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)
+                 if lowest <= t <= highest])
+  ax.set_xticklabels([f"{t:g}" for t in ax.get_xticks()])
+  ax.minorticks_off()
   ax.axvline(1.0, color="black", linewidth=1)
   ax.set_yticks(list(y), labels, fontsize=7)
   ax.invert_yaxis()
-  ax.set_title("tf_interleave / best built-in, paired (median, min-max);\n"
+  ax.set_title("tf_interleave / best built-in, paired (median, min-max, log);\n"
                "noise: legacy / legacy", fontsize=9)
   ax.tick_params(axis="x", labelsize=8)
   for ax in list(axes.flat)[panels:]:
