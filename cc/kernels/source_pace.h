@@ -196,33 +196,61 @@ class SlowEnds {
 // element for a while, longer each time. A call whose thread another thread
 // found runnable once it had run long was preempted on a busy machine, not
 // blocked: a worker would not have produced it sooner, and pausing inline
-// production for that only adds a hand-off per element.
+// production for that only adds a hand-off per element. Nor do blocked calls
+// pause it while the time they kept the consumer away stays a small share of
+// the time since the last pause: a few ms lost now and then (a page fault, a
+// lock, on a busy machine) cost less than a hand-off for each of thousands of
+// elements, and paused that way at every start-up hiccup, a pass over local
+// files could end up with no inline production at all.
 class InlinePause {
  public:
   // Elements delivered without inline calls after a blocked one: the first
   // time, and at most.
   static constexpr int64_t kFirstPauseElements = 4096;
   static constexpr int64_t kMaxPauseElements = int64_t{1} << 24;
+  // Blocked calls pause inline production once the time they took is over
+  // 1/kLostShareDivisor of the time since the last pause (or the start).
+  static constexpr int64_t kLostShareDivisor = 8;
+  // Past this span, the span and the time lost in it are halved, so that
+  // the share follows what the sources do now, not over the whole pass.
+  static constexpr int64_t kShareSpanNanos = 1000 * 1000 * 1000;
 
-  // An inline call took `nanos` once `delivered` elements had been
-  // delivered. `seen` is what its thread was doing when another thread
-  // looked, once the call had lasted SourcePace::kStallNanos (kUnknown: no
-  // thread could look, or the system does not say). Returns whether the call
-  // pauses inline production (counted in the iterator's stats).
-  bool RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered) {
+  // Inline production starts at `now_nanos` (else at the first call).
+  void Begin(int64_t now_nanos) { span_start_nanos_ = now_nanos; }
+
+  // An inline call took `nanos`, ending at `now_nanos`, once `delivered`
+  // elements had been delivered. `seen` is what its thread was doing when
+  // another thread looked, once the call had lasted SourcePace::kStallNanos
+  // (kUnknown: no thread could look, or the system does not say). Returns
+  // whether the call pauses inline production (counted in the iterator's
+  // stats).
+  bool RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered,
+                  int64_t now_nanos) {
+    if (span_start_nanos_ < 0) span_start_nanos_ = now_nanos - nanos;
+    const int64_t span = now_nanos - span_start_nanos_;
+    if (span > kShareSpanNanos) {
+      span_start_nanos_ = now_nanos - span / 2;
+      lost_nanos_ /= 2;
+    }
     if (nanos <= SourcePace::kStallNanos) return false;
-    if (seen == ThreadRunState::kWaiting ||
-        nanos > SourcePace::kBlockedCallNanos) {
+    const bool blocked = seen == ThreadRunState::kWaiting ||
+                         nanos > SourcePace::kBlockedCallNanos;
+    // Nothing says an unseen call blocked, nor that it did not.
+    if (!blocked && seen != ThreadRunState::kUnknown) return false;
+    lost_nanos_ += nanos;
+    if (lost_nanos_ * kLostShareDivisor <= now_nanos - span_start_nanos_) {
+      return false;
+    }
+    lost_nanos_ = 0;
+    span_start_nanos_ = now_nanos;
+    if (blocked) {
       paused_until_ = std::max(paused_until_, delivered + next_pause_);
       next_pause_ = std::min(8 * next_pause_, kMaxPauseElements);
-      return true;
-    }
-    if (seen == ThreadRunState::kUnknown) {
-      // Nothing says it blocked: a short pause that does not grow.
+    } else {
+      // A short pause that does not grow.
       paused_until_ = std::max(paused_until_, delivered + kFirstPauseElements);
-      return true;
     }
-    return false;
+    return true;
   }
 
   // Whether inline production waits until more elements are delivered.
@@ -245,6 +273,8 @@ class InlinePause {
  private:
   int64_t paused_until_ = 0;
   int64_t next_pause_ = kFirstPauseElements;
+  int64_t span_start_nanos_ = -1;  // Set by `Begin` or the first call.
+  int64_t lost_nanos_ = 0;         // In blocked calls since then.
 };
 
 }  // namespace tf_interleave

@@ -92,10 +92,14 @@ absl::Status SourcePool::Initialize(IteratorContext* ctx) {
   cancellation_manager_ =
       std::make_unique<CancellationManager>(ctx->cancellation_manager());
   symbolic_ = ctx->symbolic_checkpoint();
-  if (symbolic_) {
+  {
     mutex_lock l(mu_);
-    input_checkpoint_ = std::make_unique<tensorflow::data::MemoryCheckpoint>(
-        ctx->id_registry());
+    // Time lost in blocked inline calls is weighed against the time since.
+    inline_pause_.Begin(EnvTime::NowNanos());
+    if (symbolic_) {
+      input_checkpoint_ = std::make_unique<tensorflow::data::MemoryCheckpoint>(
+          ctx->id_registry());
+    }
   }
   TF_RETURN_IF_ERROR(tensorflow::RegisterCancellationCallback(
       ctx->cancellation_manager(), [this]() { Cancel(); },

@@ -401,7 +401,8 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   // While the consumer sat in a call that blocked, other sources may have
   // had elements for it: workers then produce for a while.
   if (options_.sloppy &&
-      inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_)) {
+      inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_,
+                               EnvTime::NowNanos())) {
     ++inline_pauses_;
   }
   if (--active_calls_ == 0 && pause_requests_ > 0) {

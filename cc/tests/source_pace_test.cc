@@ -305,63 +305,110 @@ TEST(SlowEndAfterSlowOpensSetsTheBar) {
 TEST(ShortInlineCallsNeverPause) {
   InlinePause pause;
   CHECK(!pause.RecordCall(SourcePace::kStallNanos, ThreadRunState::kWaiting,
-                          10));
+                          10, SourcePace::kStallNanos));
   CHECK(!pause.Paused(10)) << "a call of exactly kStallNanos did not stall";
 }
 
 TEST(ABlockedInlineCallPausesLongerEachTime) {
   constexpr int64_t kFirst = InlinePause::kFirstPauseElements;
+  constexpr int64_t kCall = 2 * SourcePace::kStallNanos;
   InlinePause pause;
-  CHECK(pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting,
-                         100));
+  // Each call is all the time since the start or the last pause.
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 100, kCall));
   CHECK(pause.Paused(100));
   CHECK(pause.Paused(100 + kFirst - 1));
   CHECK(!pause.Paused(100 + kFirst));
-  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting,
-                   200 + kFirst);
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 200 + kFirst,
+                         2 * kCall));
   CHECK(pause.Paused(200 + kFirst + 8 * kFirst - 1));
   CHECK(!pause.Paused(200 + kFirst + 8 * kFirst));
   // However often, no longer than kMaxPauseElements.
   for (int i = 0; i < 20; ++i) {
-    pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
+    CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 0, (3 + i) * kCall))
+        << "call " << i;
   }
   CHECK(pause.Paused(InlinePause::kMaxPauseElements - 1));
   CHECK(!pause.Paused(InlinePause::kMaxPauseElements));
 }
 
 TEST(APreemptedInlineCallDoesNotPause) {
+  constexpr int64_t kCall = 3 * SourcePace::kStallNanos;
   InlinePause pause;
+  pause.Begin(0);
   for (int i = 0; i < 10; ++i) {
-    CHECK(!pause.RecordCall(3 * SourcePace::kStallNanos,
-                            ThreadRunState::kRunnable, i))
+    CHECK(!pause.RecordCall(kCall, ThreadRunState::kRunnable, i,
+                            (i + 1) * kCall))
         << "call " << i;
     CHECK(!pause.Paused(i)) << "call " << i;
   }
   // Once a call runs past kBlockedCallNanos, it counts as blocked whatever
   // its thread was doing at the one look: it may have blocked after it.
-  CHECK(pause.RecordCall(SourcePace::kBlockedCallNanos + 1,
-                         ThreadRunState::kRunnable, 10));
+  constexpr int64_t kLong = SourcePace::kBlockedCallNanos + 1;
+  CHECK(pause.RecordCall(kLong, ThreadRunState::kRunnable, 10,
+                         10 * kCall + kLong));
   CHECK(pause.Paused(10));
   CHECK(!pause.Paused(10 + InlinePause::kFirstPauseElements));
 }
 
 TEST(AnUnseenInlineCallPausesBrieflyWithoutGrowing) {
   constexpr int64_t kFirst = InlinePause::kFirstPauseElements;
+  constexpr int64_t kCall = 2 * SourcePace::kStallNanos;
   InlinePause pause;
+  int64_t now = 0;
   for (int64_t i = 0; i < 5; ++i) {
     const int64_t delivered = i * 10 * kFirst;
-    CHECK(pause.RecordCall(2 * SourcePace::kStallNanos,
-                           ThreadRunState::kUnknown, delivered))
+    now += kCall;
+    CHECK(pause.RecordCall(kCall, ThreadRunState::kUnknown, delivered, now))
         << "call " << i;
     CHECK(pause.Paused(delivered + kFirst - 1)) << "call " << i;
     CHECK(!pause.Paused(delivered + kFirst)) << "call " << i;
   }
   // Nor does it shorten a longer pause under way.
-  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
-  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kWaiting, 0);
+  now += kCall;
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 0, now));
+  now += kCall;
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 0, now));
   CHECK(pause.Paused(8 * kFirst - 1));
-  pause.RecordCall(2 * SourcePace::kStallNanos, ThreadRunState::kUnknown, 0);
+  now += kCall;
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kUnknown, 0, now));
   CHECK(pause.Paused(8 * kFirst - 1));
+}
+
+TEST(BlockedCallsPauseOnlyOnceTheyCostAShareOfTheTime) {
+  constexpr int64_t kCall = 2 * SourcePace::kStallNanos;
+  constexpr int64_t kShare = InlinePause::kLostShareDivisor;
+  InlinePause pause;
+  pause.Begin(0);
+  // A blocked call of 2 ms every 100 ms: a share of 1/50, never a pause.
+  int64_t now = 0;
+  for (int i = 0; i < 40; ++i) {
+    now += 100 * SourcePace::kStallNanos;
+    CHECK(!pause.RecordCall(kCall, ThreadRunState::kWaiting, i, now))
+        << "call " << i;
+    CHECK(!pause.Paused(i)) << "call " << i;
+  }
+  // Unseen calls count the same way.
+  now += 100 * SourcePace::kStallNanos;
+  CHECK(!pause.RecordCall(kCall, ThreadRunState::kUnknown, 40, now));
+  // The span is halved once past kShareSpanNanos, so blocked calls in a row
+  // reach the share within a fraction of it, however long the pass has run:
+  // here, after some 1/(kShare-1) of the span.
+  int64_t calls = 0;
+  bool paused = false;
+  while (!paused && calls < 1000) {
+    now += kCall;
+    paused = pause.RecordCall(kCall, ThreadRunState::kWaiting, 100, now);
+    ++calls;
+  }
+  CHECK(paused);
+  CHECK(calls * kCall <= InlinePause::kShareSpanNanos / (kShare - 1) + kCall)
+      << calls << " calls";
+  CHECK(pause.Paused(100 + InlinePause::kFirstPauseElements - 1));
+  // The share starts afresh after a pause: one more blocked call that is
+  // all the time since is over it, and pauses longer.
+  now += kCall;
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 200, now));
+  CHECK(pause.Paused(200 + 8 * InlinePause::kFirstPauseElements - 1));
 }
 
 TEST(TheWatcherKeepsItsBeatWithoutAnUnseenCall) {
