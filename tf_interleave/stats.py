@@ -41,9 +41,10 @@ def stats() -> List[Dict[str, Any]]:
     elements taken from staged inputs while no input of the cycle had one
     ready and one of them was blocked), `inline_elements` (elements the
     thread calling `get_next` produced itself, from inputs cheaper than a
-    hand-off to a worker), `inline_pauses` (sloppy mode: inline calls that
-    blocked, or ran over 1 ms without another thread seeing whether they
-    did, after which workers produced every element for a while),
+    hand-off to a worker), `inline_pauses` (sloppy mode: the times inline
+    calls that blocked, or ran over 1 ms without another thread seeing
+    whether they did, had taken over an eighth of the time since the last
+    pause, after which workers produced every element for a while),
     `retries`, `stall_warnings`, `skipped_inputs` (input label, element
     index and error of each skipped input), and `inputs`: per input (the open ones
     and the most recent finished ones) its `label` (the input element when
