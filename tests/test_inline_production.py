@@ -378,7 +378,8 @@ RARE_BLOCK_MICROS = 3_000
 RARE_BLOCK_ATTEMPTS = 3
 
 
-def test_sloppy_consumer_keeps_producing_inline_through_rare_short_blocks() -> None:
+@pytest.mark.parametrize("mode", READ_MODES)
+def test_sloppy_consumer_keeps_producing_inline_through_rare_short_blocks(mode: str) -> None:
     # Four inputs of 40,001 elements, each with one 3 ms call in the middle: 12 ms lost in a pass
     # that lasts far longer. A pause for each (workers produce every element for 4,096 elements,
     # then 8 times longer each time) would cost more than those calls did; inline production goes
@@ -407,7 +408,7 @@ def test_sloppy_consumer_keeps_producing_inline_through_rare_short_blocks() -> N
     expected = sorted(v for vs in nested_values([2 * RARE_BLOCK_CHEAP + 1] * inputs) for v in vs)
     outcomes = []
     for _ in range(RARE_BLOCK_ATTEMPTS):
-        entry, values = bounded(take_with_stats, tf_interleave, make_dataset, batches - 1, "eager")
+        entry, values = bounded(take_with_stats, tf_interleave, make_dataset, batches - 1, mode)
         assert sorted(value for batch_values in values for value in batch_values) == expected
         outcomes.append((entry["inline_pauses"], entry["inline_elements"], entry["elements"]))
         if entry["inline_pauses"] == 0 and entry["inline_elements"] > 0:

@@ -223,16 +223,18 @@ class InlinePause {
   // another thread looked, once the call had lasted SourcePace::kStallNanos
   // (kUnknown: no thread could look, or the system does not say). Returns
   // whether the call pauses inline production (counted in the iterator's
-  // stats).
+  // stats). Calls that did not stall return at once: the span is only
+  // weighed when time may have been lost.
   bool RecordCall(int64_t nanos, ThreadRunState seen, int64_t delivered,
                   int64_t now_nanos) {
+    if (nanos <= SourcePace::kStallNanos) return false;
     if (span_start_nanos_ < 0) span_start_nanos_ = now_nanos - nanos;
-    const int64_t span = now_nanos - span_start_nanos_;
-    if (span > kShareSpanNanos) {
-      span_start_nanos_ = now_nanos - span / 2;
+    // Halved as often as it takes: after a long quiet span, a blocked call
+    // is weighed against the last second or so, not half the quiet time.
+    while (now_nanos - span_start_nanos_ > kShareSpanNanos) {
+      span_start_nanos_ += (now_nanos - span_start_nanos_) / 2;
       lost_nanos_ /= 2;
     }
-    if (nanos <= SourcePace::kStallNanos) return false;
     const bool blocked = seen == ThreadRunState::kWaiting ||
                          nanos > SourcePace::kBlockedCallNanos;
     // Nothing says an unseen call blocked, nor that it did not.

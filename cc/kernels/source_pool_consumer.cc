@@ -381,7 +381,8 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   Task task;
   task.kind = TaskKind::kProduce;
   task.seat = seat;
-  inline_start_nanos_ = last_inline_nanos_ = EnvTime::NowNanos();
+  const int64_t call_start_nanos = EnvTime::NowNanos();
+  inline_start_nanos_ = last_inline_nanos_ = call_start_nanos;
   if (options_.sloppy) {
     // For `LookAtInlineCall`; a deterministic pool never looks.
     inline_thread_id_ = CurrentThreadId();
@@ -399,10 +400,11 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   inline_stalled_ = false;
   if (task.status.ok() && !task.end) ++inline_elements_;
   // While the consumer sat in a call that blocked, other sources may have
-  // had elements for it: workers then produce for a while.
+  // had elements for it: workers then produce for a while. The call's end
+  // is its start plus its length: no clock read per element for this.
   if (options_.sloppy &&
       inline_pause_.RecordCall(task.elapsed_nanos, inline_seen_, delivered_,
-                               EnvTime::NowNanos())) {
+                               call_start_nanos + task.elapsed_nanos)) {
     ++inline_pauses_;
   }
   if (--active_calls_ == 0 && pause_requests_ > 0) {

@@ -411,6 +411,26 @@ TEST(BlockedCallsPauseOnlyOnceTheyCostAShareOfTheTime) {
   CHECK(pause.Paused(200 + 8 * InlinePause::kFirstPauseElements - 1));
 }
 
+TEST(AfterALongQuietSpanABlockedCallIsWeighedAgainstTheLastSecond) {
+  constexpr int64_t kSecond = InlinePause::kShareSpanNanos;
+  constexpr int64_t kCall = kSecond / 4;
+  static_assert(kCall * InlinePause::kLostShareDivisor > kSecond,
+                "the call must be over the share of one span");
+  static_assert(kCall * InlinePause::kLostShareDivisor < 30 * kSecond,
+                "the call must be under the share of half the quiet time");
+  InlinePause pause;
+  pause.Begin(0);
+  // A call that did not stall is not weighed at all.
+  CHECK(!pause.RecordCall(SourcePace::kStallNanos, ThreadRunState::kWaiting, 1,
+                          30 * kSecond));
+  // Sixty seconds on (the consumer took from workers, or nothing stalled),
+  // one blocked call of a quarter second pauses: the span was halved down
+  // to a second or less, not once to thirty.
+  CHECK(pause.RecordCall(kCall, ThreadRunState::kWaiting, 2000,
+                         60 * kSecond + kCall));
+  CHECK(pause.Paused(2000));
+}
+
 TEST(TheWatcherKeepsItsBeatWithoutAnUnseenCall) {
   constexpr int64_t kPeriod = 1000 * 1000;
   CHECK_EQ(InlinePause::WatcherWaitNanos(5 * kPeriod, 0, kPeriod), kPeriod);
