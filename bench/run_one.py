@@ -9,8 +9,8 @@ Usage:
 Reads the whole pipeline once (interleave, then batch) and reports elements,
 wall seconds from iterator creation to the last element, process CPU seconds
 (user + system) over the same span, peak RSS, and threads: how many new
-threads were seen (sampled every few milliseconds, from iterator creation
-until the iterator is deleted) and the peak number alive at once. The
+threads were seen (sampled every few milliseconds by a child process, from
+iterator creation until the iterator is deleted) and the peak number alive at once. The
 elements' fingerprints (sum and an order-sensitive sum) let the caller check
 the elements and, for deterministic contenders, their order. With several
 `--contender`s they are measured one after the other in this process (what
@@ -21,9 +21,9 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,44 +33,64 @@ import workloads  # pylint: disable=g-import-not-at-top
 
 SAMPLE_SECONDS = 0.002
 
+# The sampler runs in a child process: a Python thread here would take the
+# GIL 500 times a second from the thread that reads the pipeline (and add its
+# CPU time to the measurement). It lists the measured process's threads until
+# its stdin is closed, then prints what it saw as one JSON line.
+_SAMPLER_SOURCE = r"""
+import json, os, select, sys
+task_dir, period = sys.argv[1], float(sys.argv[2])
+baseline = set(os.listdir(task_dir))
+seen, peak = set(), 0
+print("ready", flush=True)
+while True:
+  stop, _, _ = select.select([sys.stdin], [], [], period)
+  new = set(os.listdir(task_dir)) - baseline
+  seen |= new
+  peak = max(peak, len(new))
+  if stop:
+    break
+print(json.dumps({"baseline": sorted(baseline), "seen": len(seen),
+                  "peak": peak}), flush=True)
+"""
+
 
 class ThreadSampler:
-  """Samples /proc/self/task in the background: new thread ids, peak alive."""
+  """Samples this process's threads from a child process: new ids, peak alive.
+
+  Threads alive when the sampler starts are the baseline; every thread seen
+  after that (listed every SAMPLE_SECONDS, and once more when the sampler
+  stops) counts as started.
+  """
 
   def __init__(self):
-    self._baseline = set(self._tasks())
-    self._seen = set()
-    self._peak = 0
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._run, daemon=True)
-
-  @staticmethod
-  def _tasks():
-    return os.listdir("/proc/self/task")
-
-  def sample(self):
-    new = set(self._tasks()) - self._baseline
-    self._seen |= new
-    self._peak = max(self._peak, len(new))
-
-  def _run(self):
-    while not self._stop.wait(SAMPLE_SECONDS):
-      self.sample()
+    self._child = None
+    self._report = None
 
   def __enter__(self):
-    # The sampler's own thread is part of the baseline, not of the result.
-    self._thread.start()
-    self._baseline.add(str(self._thread.native_id))
+    self._child = subprocess.Popen(
+        [sys.executable, "-c", _SAMPLER_SOURCE, f"/proc/{os.getpid()}/task",
+         str(SAMPLE_SECONDS)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = self._child.stdout.readline().strip()
+    if ready != "ready":
+      self._child.kill()
+      raise RuntimeError(f"thread sampler did not start: {ready!r}")
     return self
 
   def __exit__(self, *unused):
-    self._stop.set()
-    self._thread.join()
-    self.sample()
+    try:
+      # Closes the child's stdin: its last sample, then its report.
+      out, _ = self._child.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      self._child.kill()
+      raise
+    self._report = json.loads(out)
 
   def result(self):
-    alive = set(self._tasks()) - self._baseline
-    return {"threads_started": len(self._seen), "threads_peak": self._peak,
+    alive = set(os.listdir("/proc/self/task")) - set(self._report["baseline"])
+    return {"threads_started": self._report["seen"],
+            "threads_peak": self._report["peak"],
             "threads_left": len(alive)}
 
 
