@@ -215,7 +215,8 @@ class InlinePause {
   // the share follows what the sources do now, not over the whole pass.
   static constexpr int64_t kShareSpanNanos = 1000 * 1000 * 1000;
 
-  // Inline production starts at `now_nanos` (else at the first call).
+  // Inline production starts at `now_nanos` (else at the first call that
+  // stalled, less its length).
   void Begin(int64_t now_nanos) { span_start_nanos_ = now_nanos; }
 
   // An inline call took `nanos`, ending at `now_nanos`, once `delivered`
