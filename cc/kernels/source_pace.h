@@ -259,26 +259,26 @@ class InlinePause {
   // Whether inline production waits until more elements are delivered.
   bool Paused(int64_t delivered) const { return delivered < paused_until_; }
 
-  // How long the watcher (an idle worker that wakes every `period_nanos`
-  // while the consumer produces inline) sleeps, at `now_nanos`. An inline
-  // call under way that nobody has looked at yet (started at
-  // `unseen_call_start_nanos`, 0 when there is none) is looked at once it has
-  // lasted one period: waking on the watcher's own beat instead would look
-  // up to a period later, after most calls of 1-2 ms have ended unseen.
-  static int64_t WatcherWaitNanos(int64_t now_nanos,
-                                  int64_t unseen_call_start_nanos,
-                                  int64_t period_nanos) {
-    if (unseen_call_start_nanos == 0) return period_nanos;
-    return std::clamp<int64_t>(
-        unseen_call_start_nanos + period_nanos - now_nanos, 0, period_nanos);
-  }
-
  private:
   int64_t paused_until_ = 0;
   int64_t next_pause_ = kFirstPauseElements;
-  int64_t span_start_nanos_ = -1;  // Set by `Begin` or the first call.
+  int64_t span_start_nanos_ = -1;  // Set by `Begin` or the first stall.
   int64_t lost_nanos_ = 0;         // In blocked calls since then.
 };
+
+// How long the watcher (an idle worker that wakes every `period_nanos` while
+// the consumer produces inline) sleeps, at `now_nanos`. An inline call under
+// way that nobody has looked at yet (started at `unseen_call_start_nanos`, 0
+// when there is none) is looked at once it has lasted one period: waking on
+// the watcher's own beat instead would look up to a period later, after most
+// calls of 1-2 ms have ended unseen.
+inline int64_t WatcherWaitNanos(int64_t now_nanos,
+                                int64_t unseen_call_start_nanos,
+                                int64_t period_nanos) {
+  if (unseen_call_start_nanos == 0) return period_nanos;
+  return std::clamp<int64_t>(unseen_call_start_nanos + period_nanos - now_nanos,
+                             0, period_nanos);
+}
 
 }  // namespace tf_interleave
 

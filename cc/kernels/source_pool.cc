@@ -516,7 +516,7 @@ void SourcePool::WaitAsIdleWorker(int64_t rank, mutex_lock& lock) {
     const int64_t unseen_call_start_nanos =
         options_.sloppy && !inline_looked_at_ ? inline_start_nanos_ : 0;
     self.cond_var.wait_for(
-        lock, std::chrono::nanoseconds(InlinePause::WatcherWaitNanos(
+        lock, std::chrono::nanoseconds(WatcherWaitNanos(
                   EnvTime::NowNanos(), unseen_call_start_nanos,
                   kInlineWatchNanos)));
     watcher_ = false;

@@ -433,22 +433,20 @@ TEST(AfterALongQuietSpanABlockedCallIsWeighedAgainstTheLastSecond) {
 
 TEST(TheWatcherKeepsItsBeatWithoutAnUnseenCall) {
   constexpr int64_t kPeriod = 1000 * 1000;
-  CHECK_EQ(InlinePause::WatcherWaitNanos(5 * kPeriod, 0, kPeriod), kPeriod);
+  CHECK_EQ(WatcherWaitNanos(5 * kPeriod, 0, kPeriod), kPeriod);
 }
 
 TEST(TheWatcherLooksAtAnUnseenCallOnePeriodAfterItStarted) {
   constexpr int64_t kPeriod = 1000 * 1000;
   const int64_t start = 7 * kPeriod;
   // Woken on its beat 0.3 periods into the call: the look is due in 0.7.
-  CHECK_EQ(InlinePause::WatcherWaitNanos(start + 3 * kPeriod / 10, start,
-                                         kPeriod),
+  CHECK_EQ(WatcherWaitNanos(start + 3 * kPeriod / 10, start, kPeriod),
            7 * kPeriod / 10);
   // Just after the call started: close to a whole period, never more.
-  CHECK_EQ(InlinePause::WatcherWaitNanos(start, start, kPeriod), kPeriod);
+  CHECK_EQ(WatcherWaitNanos(start, start, kPeriod), kPeriod);
   // The call has lasted a period already: at once.
-  CHECK_EQ(InlinePause::WatcherWaitNanos(start + kPeriod, start, kPeriod), 0);
-  CHECK_EQ(InlinePause::WatcherWaitNanos(start + 3 * kPeriod, start, kPeriod),
-           0);
+  CHECK_EQ(WatcherWaitNanos(start + kPeriod, start, kPeriod), 0);
+  CHECK_EQ(WatcherWaitNanos(start + 3 * kPeriod, start, kPeriod), 0);
 }
 
 }  // namespace
