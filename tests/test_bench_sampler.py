@@ -1,0 +1,50 @@
+"""The benchmark's thread counter (bench/run_one.py), which samples from a child process."""
+
+import importlib.util
+import os
+import threading
+from types import ModuleType
+
+import pytest
+
+BENCH_RUN_ONE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "run_one.py")
+
+
+@pytest.fixture(scope="module")
+def run_one() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run_one", BENCH_RUN_ONE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sampler_counts_threads_started_alive_and_left(run_one: ModuleType) -> None:
+    # The threads are alive when the sampler stops, so its last sample sees them whatever the
+    # machine's pace; they end only after, so they are counted as left until joined.
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(3)]
+    with run_one.ThreadSampler() as sampler:
+        for thread in threads:
+            thread.start()
+    try:
+        assert sampler.result() == {"threads_started": 3, "threads_peak": 3, "threads_left": 3}
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert sampler.result() == {"threads_started": 3, "threads_peak": 3, "threads_left": 0}
+
+
+def test_sampler_leaves_out_threads_alive_before_it_and_runs_outside_the_process(run_one: ModuleType) -> None:
+    release = threading.Event()
+    before = threading.Thread(target=release.wait)
+    before.start()
+    try:
+        threads_before = set(os.listdir("/proc/self/task"))
+        with run_one.ThreadSampler() as sampler:
+            # No sampling thread here to take the GIL or add CPU time to the measurement.
+            assert set(os.listdir("/proc/self/task")) == threads_before
+        assert sampler.result() == {"threads_started": 0, "threads_peak": 0, "threads_left": 0}
+    finally:
+        release.set()
+        before.join()
