@@ -11,12 +11,15 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from reference_model import interleave_order
 
 # Element ``j`` of the nested dataset made from input ``i`` has the value ``STRIDE * i + j``.
 STRIDE = 1000
+# The two orders every behaviour is checked in: ``@pytest.mark.parametrize("sloppy", SLOPPY_MODES)``.
+SLOPPY_MODES = (pytest.param(False, id="deterministic"), pytest.param(True, id="sloppy"))
 # Upper bound on ``get_next`` calls when draining a pipeline, so a broken op cannot loop forever.
 MAX_STEPS = 10_000
 # Longest time a straggler waits for its release before giving up (keeps a broken op from hanging).

@@ -41,7 +41,7 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from tensorflow.python.eager import cancellation
 
-from pipelines import sized_input, sized_map_func
+from pipelines import sized_input, sized_map_func, SLOPPY_MODES
 from reference_model import interleave_order
 
 # A hung test ends the run with every thread's stack instead of a silent CI timeout.
@@ -547,7 +547,7 @@ def test_pinned_arguments(tfi, draw: Draw, in_function: bool) -> None:
 
 
 @pytest.mark.parametrize("budget", [1, ONE_ELEMENT_BYTES - 1, ONE_ELEMENT_BYTES])
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_memory_budget_of_at_most_one_element(tfi, sloppy: bool, budget: int) -> None:
     """Documented: "A buffer the consumer is waiting on may always take one element", so any budget >= 1
     works, however small.  Read several times: a deadlock here depends on timing."""

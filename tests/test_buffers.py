@@ -11,7 +11,7 @@ from typing import Callable, Dict, Sequence
 import pytest
 import tensorflow as tf
 
-from pipelines import sized_input, sized_map_func
+from pipelines import sized_input, sized_map_func, SLOPPY_MODES
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -72,7 +72,7 @@ _NO_EXTRA_BUFFERING = _no_extra_buffering()
 
 @pytest.mark.parametrize("cycle_length, buffer_output_elements, prefetch_input_elements", [
     (2, 1, 0), (2, 3, 1), (3, 2, 2), (1, 1, 3)])
-@pytest.mark.parametrize("sloppy", [False, True])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_buffered_elements_are_bounded(tfi: types.ModuleType, cycle_length: int, buffer_output_elements: int,
                                        prefetch_input_elements: int, sloppy: bool) -> None:
     sizes = [40] * 8
@@ -92,7 +92,7 @@ def test_buffered_elements_are_bounded(tfi: types.ModuleType, cycle_length: int,
         assert produced - consumed <= slots * (buffer_output_elements + 1), (produced, consumed)
 
 
-@pytest.mark.parametrize("sloppy", [False, True])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_staged_iterators_produce_before_entering_cycle(tfi: types.ModuleType, sloppy: bool) -> None:
     sizes = [10] * 6
     counter = ProductionCounter()

@@ -26,7 +26,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import MAX_STEPS, STRIDE, Straggler, nested_values, sized_input, sized_map_func, to_python
+from pipelines import MAX_STEPS, STRIDE, Straggler, nested_values, sized_input, sized_map_func, to_python, SLOPPY_MODES
 from reference_model import interleave_order
 
 # Includes empty nested datasets (0), one-element ones and ones longer than any block.
@@ -62,8 +62,6 @@ CONFIGS = [
     Config(1, 2, 1, 3),  # a single slot with many staged inputs
 ]
 CONFIG_IDS = [str(config) for config in CONFIGS]
-MODES = [False, True]
-MODE_IDS = ["deterministic", "sloppy"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +171,7 @@ def _save_restore_everywhere(make: Callable[[], tf.data.Dataset], expected: List
         _check_rest(sloppy, expected, taken, rest, f"checkpoint after {position} elements")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_eager_checkpoint_at_every_position(tfi: types.ModuleType, tmp_path, config: Config, sloppy: bool
                                             ) -> None:
@@ -185,7 +183,7 @@ def test_eager_checkpoint_at_every_position(tfi: types.ModuleType, tmp_path, con
                              positions)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_checkpoint_of_a_cycle_far_longer_than_the_input(tfi: types.ModuleType, tmp_path, sloppy: bool
                                                          ) -> None:
     """``cycle_length=10**6`` (three million seats by default) over nine inputs: the cycle saved is as long
@@ -197,7 +195,7 @@ def test_checkpoint_of_a_cycle_far_longer_than_the_input(tfi: types.ModuleType, 
     _save_restore_everywhere(lambda: _sized_dataset(tfi, config, sloppy), expected, sloppy, str(tmp_path))
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_checkpoint_after_end_of_sequence(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     config = CONFIGS[1]
     iterator = iter(_sized_dataset(tfi, config, sloppy))
@@ -210,7 +208,7 @@ def test_checkpoint_after_end_of_sequence(tfi: types.ModuleType, tmp_path, slopp
     assert _drain(restored) == []
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_restore_rewinds_an_iterator_that_went_on(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     config = CONFIGS[1]
     expected = config.order(nested_values(SIZES))
@@ -223,7 +221,7 @@ def test_restore_rewinds_an_iterator_that_went_on(tfi: types.ModuleType, tmp_pat
         _check_rest(sloppy, expected, taken, _drain(iterator), f"rewound to {position}")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [CONFIGS[1]], ids=[CONFIG_IDS[1]])
 def test_chained_checkpoints(tfi: types.ModuleType, tmp_path, config: Config, sloppy: bool) -> None:
     """Restored state is saved again: right after the restore (no element read) and later on."""
@@ -264,7 +262,7 @@ def _take_in_function(iterator, count):
     return values.stack()
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[2]], ids=[CONFIG_IDS[0], CONFIG_IDS[2]])
 def test_checkpoint_around_tf_function_consumption(tfi: types.ModuleType, tmp_path, config: Config,
                                                    sloppy: bool) -> None:
@@ -282,7 +280,7 @@ def test_checkpoint_around_tf_function_consumption(tfi: types.ModuleType, tmp_pa
         _check_rest(sloppy, expected, taken, rest, f"checkpoint after {position} elements")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_tf_function_calling_next_on_a_captured_iterator(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     config = CONFIGS[1]
     expected = config.order(nested_values(SIZES))
@@ -309,7 +307,7 @@ def test_tf_function_calling_next_on_a_captured_iterator(tfi: types.ModuleType, 
     _check_rest(sloppy, expected, taken, rest, "after restoring the captured iterator")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_serialize_and_deserialize_inside_tf_function(tfi: types.ModuleType, sloppy: bool) -> None:
     """Iterator state saved and restored by graph ops (what ``tf.train.Checkpoint`` runs), in ``tf.function``."""
     config = CONFIGS[1]
@@ -369,7 +367,7 @@ def _graph_session_run(make: Callable[[], tf.data.Dataset], path: str, take: Opt
             raise AssertionError("restored iterator did not end")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[2]], ids=[CONFIG_IDS[1], CONFIG_IDS[2]])
 def test_tf1_saver(tfi: types.ModuleType, tmp_path, config: Config, sloppy: bool) -> None:
     expected = config.order(nested_values(SIZES))
@@ -457,7 +455,7 @@ def _error_map_func(bad_inputs: Sequence[int]) -> Callable[[tf.Tensor], tf.data.
     return map_func
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[3]], ids=[CONFIG_IDS[1], CONFIG_IDS[3]])
 def test_undelivered_errors_survive_a_checkpoint(tfi: types.ModuleType, tmp_path, config: Config, sloppy: bool
                                                  ) -> None:
@@ -527,7 +525,7 @@ class _ProductionCounter:
         return last
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[3]], ids=[CONFIG_IDS[0], CONFIG_IDS[3]])
 def test_buffered_elements_and_nested_positions_are_in_the_checkpoint(tfi: types.ModuleType, tmp_path,
                                                                      config: Config, sloppy: bool) -> None:
@@ -570,7 +568,7 @@ def test_buffered_elements_and_nested_positions_are_in_the_checkpoint(tfi: types
     assert buffered_seen > 0, "no save point had buffered elements; the test did not exercise them"
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_save_while_a_nested_iterator_is_busy(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     """A save that comes while a seat is inside a slow nested ``GetNext`` waits for it and loses nothing."""
     config = Config(3, 1, 2, 2)
@@ -601,7 +599,7 @@ def test_save_while_a_nested_iterator_is_busy(tfi: types.ModuleType, tmp_path, s
         assert STRIDE * straggler_input not in taken
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_nested_parallel_interleave_mid_stream(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     """``map_func`` returns a pipeline that uses the op itself; both levels are checkpointed mid-stream."""
     inner_sizes = (2, 0, 3, 1)

@@ -28,7 +28,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import MAX_STEPS, STRIDE
+from pipelines import MAX_STEPS, STRIDE, SLOPPY_MODES
 from reference_model import interleave_order
 
 # A hung test ends the run with every thread's stack instead of a silent CI timeout.
@@ -271,7 +271,7 @@ def test_random_faults_sloppy(tfi: types.ModuleType, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_random_faults_skipped(tfi: types.ModuleType, seed: int, sloppy: bool) -> None:
     """``on_input_error="skip"``: a failed nested dataset or ``map_func`` ends its input silently."""
     case = random_case(seed)
@@ -392,7 +392,7 @@ def random_flaky_case(seed: int, retries: int, exceed: bool) -> Tuple[List[int],
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_transient_faults_hidden_by_retries(tfi: types.ModuleType, seed: int, sloppy: bool) -> None:
     retries = 2
     sizes, failures = random_flaky_case(seed, retries, exceed=False)

@@ -21,7 +21,7 @@ from tensorflow.python.data.experimental.ops import testing
 
 import tf_interleave
 from pipelines import READ_MODES, STRIDE, Straggler, bounded, collect, live_stats_ids, nested_values, \
-    run_session_until_end, take_with_stats, the_new_stats_entry
+    run_session_until_end, take_with_stats, the_new_stats_entry, SLOPPY_MODES
 from reference_model import interleave_order
 
 # More elements than it takes an input to count as cheap (and, for sloppy
@@ -51,7 +51,7 @@ def run(sloppy: bool, **options: Any) -> List[int]:
 
 @pytest.mark.parametrize("options", [{}, {"memory_budget_bytes": 64}, {"input_retries": 2}, {"produce_inline": False}],
                          ids=["default", "memory_budget", "retries", "no_inline"])
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_inputs_that_block_at_their_end(sloppy: bool, options: dict) -> None:
     expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
     values = run(sloppy, **options)
@@ -126,7 +126,7 @@ def nested_with_pace(pace: str):
 
 @pytest.mark.parametrize("mode", ["eager", "tf_function", "graph"])
 @pytest.mark.parametrize("pace", ["cheap", "costly", "slow"])
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_buffers_fill_while_the_consumer_is_away(sloppy: bool, pace: str, mode: str) -> None:
     # Eight inputs, all open at once (cycle 4 + prefetch 8 seats): once the consumer stops calling,
     # every buffer fills up, whoever produces an input's elements (the consumer itself for cheap ones,
@@ -173,7 +173,7 @@ def test_buffers_fill_while_the_consumer_is_away(sloppy: bool, pace: str, mode: 
     assert len(rest) == inputs * per_input - consumed
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_inputs_that_block_at_their_end_in_a_graph(sloppy: bool) -> None:
     # The same pipeline run by a TF1 session: the consumer is then a session's thread.
     expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
@@ -191,7 +191,7 @@ def test_inputs_that_block_at_their_end_in_a_graph(sloppy: bool) -> None:
         assert values == expected
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_inputs_that_block_at_their_end_in_a_tf_function(sloppy: bool) -> None:
     expected = interleave_order(nested_values(SIZES), CYCLE_LENGTH)
     dataset = tf.data.Dataset.range(len(SIZES)).apply(
@@ -210,7 +210,7 @@ def test_inputs_that_block_at_their_end_in_a_tf_function(sloppy: bool) -> None:
 
 @pytest.mark.parametrize("mode", READ_MODES)
 @pytest.mark.parametrize("produce_inline", [True, False], ids=["inline", "no_inline"])
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool, mode: str) -> None:
     # Cheap inputs, long enough to count as cheap (and, sloppy, as proven): the consumer produces
     # some of their elements itself, never more than it was given; none with produce_inline=False.
@@ -238,7 +238,7 @@ def test_stats_count_elements_produced_inline(sloppy: bool, produce_inline: bool
 PAUSE_ATTEMPTS = 3
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_stats_count_a_pause_after_an_inline_call_that_blocked(sloppy: bool) -> None:
     # Input 0 yields 300 cheap elements, then one that takes 300 ms. Read inline, that call keeps the
     # consumer away from the other inputs' ready elements: a sloppy consumer then leaves every input

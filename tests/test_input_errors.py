@@ -26,23 +26,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, MAX_STEPS, Failure, nested_values, to_python, bounded as _bounded, drain_iterator, run_child_script
+from pipelines import STRIDE, MAX_STEPS, Failure, SLOPPY_MODES, nested_values, to_python, bounded, drain_iterator, \
+    run_child_script
 from reference_model import interleave_order
 
-MODES = [False, True]
-MODE_IDS = ["deterministic", "sloppy"]
-# Longest time one pipeline may take before the test calls it hung.
-TIMEOUT_SECONDS = 60.0
-
-
-def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
-    """``pipelines.bounded`` with this module's time limit."""
-    return _bounded(fn, *args, timeout=timeout)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
-
 
 
 def drain(iterator) -> List[Any]:
@@ -259,7 +250,7 @@ def test_valid_arguments_accepted_and_output_unchanged(tfi: types.ModuleType, kw
 # ----------------------------------------------------------------------------- on_input_error="raise"
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_raise_is_the_default_and_delivers_errors_in_place(tfi: types.ModuleType, sloppy: bool) -> None:
     sizes = [4, 3, 5, 2, 4]
     bad_at = [1, None, 0, None, 3]
@@ -292,7 +283,7 @@ SKIP_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", SKIP_CONFIGS, ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
 @pytest.mark.parametrize("case", range(len(SKIP_CASES)), ids=lambda i: f"case{i}")
 def test_skip_is_as_if_the_input_had_ended_there(tfi: types.ModuleType, case: int,
@@ -337,7 +328,7 @@ def named_inputs_map_func(names: Sequence[str]) -> Callable:
     return map_func
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("block_length", [1, 2])
 def test_skip_map_func_error_drops_the_whole_input(tfi: types.ModuleType, sloppy: bool, block_length: int) -> None:
     names = ["3.txt", "2.txt", "oops.txt", "4.txt", "0.txt", "?.txt", "5.txt", "1.txt"]
@@ -362,7 +353,7 @@ def test_skip_map_func_error_drops_the_whole_input(tfi: types.ModuleType, sloppy
         assert "could not correctly convert string: " + item["label"][:-4] in item["error"], item
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_skip_in_tf_function_and_graph_mode(tfi: types.ModuleType, sloppy: bool) -> None:
     sizes = [3, 5, 2, 4]
     bad_at = [None, 2, 0, 3]
@@ -396,7 +387,7 @@ def test_skip_in_tf_function_and_graph_mode(tfi: types.ModuleType, sloppy: bool)
 # ----------------------------------------------------------------------------- max_skipped_inputs
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("limit", [0, 1, 3])
 def test_one_skip_more_than_allowed_raises_listing_the_skipped_inputs(tfi: types.ModuleType, sloppy: bool,
                                                                       limit: int) -> None:
@@ -489,7 +480,7 @@ RETRY_SIZES = (6, 4, 7, 3, 5, 8)
 RETRY_FAILURES = {0: 2, 1: 0, 2: 6, 4: 4, 5: 5}
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("on_input_error", ["raise", "skip"])
 @pytest.mark.parametrize("config", [(2, 1, None, 8), (3, 2, 1, 2), (1, 3, 2, 6)],
                          ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
@@ -509,7 +500,7 @@ def test_retry_makes_a_transient_error_invisible(tfi: types.ModuleType, sloppy: 
     assert retries == {f"input #{index}": (1 if index in RETRY_FAILURES else 0) for index in range(len(RETRY_SIZES))}
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_retry_of_a_transient_map_func_error(tfi: types.ModuleType, sloppy: bool) -> None:
     """``map_func`` itself fails once for some inputs: the retry re-runs it on the same input element."""
     sizes = [3, 5, 2, 4, 1]
@@ -537,7 +528,7 @@ def test_retry_of_a_transient_map_func_error(tfi: types.ModuleType, sloppy: bool
     assert retries == {f"input #{index}": int(index in flaky_inputs) for index in range(len(sizes))}
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_without_retries_a_transient_error_is_delivered(tfi: types.ModuleType, sloppy: bool) -> None:
     failures = {0: 2, 2: 0, 4: 4}
     flaky = FlakyElements(failures, times=1)
@@ -552,7 +543,7 @@ def test_without_retries_a_transient_error_is_delivered(tfi: types.ModuleType, s
     assert entry["retries"] == 0
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_retries_exhausted_then_raise_delivers_the_error_in_place(tfi: types.ModuleType, sloppy: bool) -> None:
     failures = {1: 2, 3: 0}
     flaky = FlakyElements(failures, times=None)  # a permanent error
@@ -567,7 +558,7 @@ def test_retries_exhausted_then_raise_delivers_the_error_in_place(tfi: types.Mod
     assert dict(flaky.attempts) == {index: 3 for index in failures}
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_retries_exhausted_then_skip_with_exponential_backoff(tfi: types.ModuleType, sloppy: bool) -> None:
     failures = {2: 1}
     flaky = FlakyElements(failures, times=None)
@@ -589,7 +580,7 @@ def test_retries_exhausted_then_skip_with_exponential_backoff(tfi: types.ModuleT
     assert elapsed >= 0.35, elapsed
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_retry_passes_over_elements_already_delivered(tfi: types.ModuleType, sloppy: bool) -> None:
     """The error strikes after the consumer has taken part of the input: nothing is repeated."""
     sizes = [10, 10]

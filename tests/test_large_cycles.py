@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 from pipelines import (READ_MODES, collect, collect_in_mode, nested_values, settled_thread_count, sized_input,
-                       sized_map_func, thread_count)
+                       sized_map_func, thread_count, SLOPPY_MODES)
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -101,7 +101,7 @@ def _peak_new_threads(run: Callable[[], List[int]]) -> tuple:
     return result, peak[0]
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_sources_that_all_block_share_at_most_4096_workers(tfi: types.ModuleType, sloppy: bool) -> None:
     """4,500 sources that each sleep 200 ms before their element, all in the cycle at once."""
     if tfi.__name__ == "builtin":

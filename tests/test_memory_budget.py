@@ -19,19 +19,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded
+from pipelines import STRIDE, Straggler, nested_values, bounded, SLOPPY_MODES
 from reference_model import interleave_order
 
-MODES = [False, True]
-MODE_IDS = ["deterministic", "sloppy"]
-TIMEOUT_SECONDS = 60.0
-
-
-def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
-    """``pipelines.bounded`` with this module's time limit."""
-    return _bounded(fn, *args, timeout=timeout)
 FLOAT_BYTES = 4
-
 
 
 def tensor_map_func(sizes: Sequence[int], floats: Sequence[int]) -> Callable:
@@ -142,6 +133,34 @@ def drain_sampling(dataset: tf.data.Dataset, pause_seconds: float = 0.001
     return keys, sampler
 
 
+def first_input_held_map_func(sizes: Sequence[int], floats: Sequence[int], straggler: Straggler) -> Callable:
+    """``tensor_map_func(sizes, floats)`` whose input 0 holds each element until the straggler's release."""
+    base_map_func = tensor_map_func(sizes, floats)
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        def hold(element: tf.Tensor) -> tf.Tensor:
+            first = straggler.gate(element[0], tf.equal(index, 0))
+            return tf.concat([tf.reshape(first, [1]), element[1:]], 0)
+
+        return base_map_func(index).map(hold)
+
+    return map_func
+
+
+def keys_and_buffers_while_held(dataset: tf.data.Dataset, straggler: Straggler, release_after_seconds: float
+                                ) -> Tuple[List[Tuple[int, int]], BufferSampler]:
+    """Drains ``dataset`` while sampling its buffers; a timer releases the straggler meanwhile."""
+    sampler = BufferSampler().start()
+    timer = straggler.release_later(release_after_seconds)
+    try:
+        keys = bounded(lambda: [element_key(element) for element in dataset])
+    finally:
+        timer.cancel()
+        straggler.release()
+        sampler.stop()
+    return keys, sampler
+
+
 # ----------------------------------------------------------------------------- arguments
 
 
@@ -195,7 +214,7 @@ BUDGET_CASES = [
 BUDGET_CONFIGS = [(3, 1, 3, 8), (2, 3, 1, 4), (4, 2, 0, 16)]
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", BUDGET_CONFIGS, ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
 @pytest.mark.parametrize("case", BUDGET_CASES, ids=[case[0] for case in BUDGET_CASES])
 def test_buffered_bytes_stay_within_budget_plus_one_element(
@@ -220,7 +239,7 @@ def test_buffered_bytes_stay_within_budget_plus_one_element(
     assert not sampler.inconsistent, "per-input buffered_bytes do not add up to the total"
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_workers_still_buffer_ahead_within_the_budget(tfi: types.ModuleType, sloppy: bool) -> None:
     """The budget bounds buffering; it does not switch it off."""
     sizes, floats, budget = (20,) * 4, (256,) * 4, 8 * 1024  # 1 KB elements, room for 8
@@ -264,7 +283,7 @@ def test_without_a_budget_the_same_pipeline_buffers_more(tfi: types.ModuleType) 
 # ----------------------------------------------------------------------------- no deadlock
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", [(1, 1, 0, 1), (2, 3, 2, 2), (4, 2, 4, 8), (3, 1, 0, 5)],
                          ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
 def test_one_byte_budget_completes(tfi: types.ModuleType, config: Tuple[int, int, int, int], sloppy: bool) -> None:
@@ -278,38 +297,22 @@ def test_one_byte_budget_completes(tfi: types.ModuleType, config: Tuple[int, int
                                                 buffer))
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_slow_input_gets_its_element_while_the_budget_is_full(tfi: types.ModuleType, sloppy: bool) -> None:
     """Fast inputs fill the budget while the consumer waits on a slow one: it must still get through."""
     sizes, floats, budget = (4, 6, 6, 6, 6), (1024,) * 5, 3 * 4096
     straggler = Straggler()
-    base_map_func = tensor_map_func(sizes, floats)
-
-    def map_func(index: tf.Tensor) -> tf.data.Dataset:
-        def hold(element: tf.Tensor) -> tf.Tensor:
-            first = straggler.gate(element[0], tf.equal(index, 0))
-            return tf.concat([tf.reshape(first, [1]), element[1:]], 0)
-
-        return base_map_func(index).map(hold)
-
     dataset = without_injected_prefetch(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
-        map_func, cycle_length=3, sloppy=sloppy, prefetch_input_elements=2, buffer_output_elements=4,
-        memory_budget_bytes=budget)))
-    sampler = BufferSampler().start()
-    timer = straggler.release_later(0.4)
-    try:
-        keys = bounded(lambda: [element_key(element) for element in dataset])
-    finally:
-        timer.cancel()
-        straggler.release()
-        sampler.stop()
+        first_input_held_map_func(sizes, floats, straggler), cycle_length=3, sloppy=sloppy,
+        prefetch_input_elements=2, buffer_output_elements=4, memory_budget_bytes=budget)))
+    keys, sampler = keys_and_buffers_while_held(dataset, straggler, release_after_seconds=0.4)
     assert not straggler.timed_out
     check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), 3, 1, 2, 4))
     assert sampler.peak_bytes <= budget + 4096, (f"buffered_bytes peaked at {sampler.peak_bytes}, more than the "
                                                  f"budget ({budget}) + one element (4096)")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_staged_inputs_respect_the_budget_while_the_consumer_waits(tfi: types.ModuleType, sloppy: bool) -> None:
     """cycle_length=1: the consumer waits on the slow input 0 while three prefetched (staged) inputs are fast.
 
@@ -319,33 +322,17 @@ def test_staged_inputs_respect_the_budget_while_the_consumer_waits(tfi: types.Mo
     """
     sizes, floats, budget = (3, 4, 4, 4), (1024,) * 4, 5000
     straggler = Straggler()
-    base_map_func = tensor_map_func(sizes, floats)
-
-    def map_func(index: tf.Tensor) -> tf.data.Dataset:
-        def hold(element: tf.Tensor) -> tf.Tensor:
-            first = straggler.gate(element[0], tf.equal(index, 0))
-            return tf.concat([tf.reshape(first, [1]), element[1:]], 0)
-
-        return base_map_func(index).map(hold)
-
     dataset = without_injected_prefetch(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
-        map_func, cycle_length=1, sloppy=sloppy, prefetch_input_elements=3, buffer_output_elements=4,
-        memory_budget_bytes=budget)))
-    sampler = BufferSampler().start()
-    timer = straggler.release_later(0.5)
-    try:
-        keys = bounded(lambda: [element_key(element) for element in dataset])
-    finally:
-        timer.cancel()
-        straggler.release()
-        sampler.stop()
+        first_input_held_map_func(sizes, floats, straggler), cycle_length=1, sloppy=sloppy,
+        prefetch_input_elements=3, buffer_output_elements=4, memory_budget_bytes=budget)))
+    keys, sampler = keys_and_buffers_while_held(dataset, straggler, release_after_seconds=0.5)
     check_output(sloppy, keys, interleave_order(expected_keys(sizes, floats), 1, 1, 3, 4))
     assert sampler.peak_bytes <= budget + 4096, (
         f"buffered_bytes peaked at {sampler.peak_bytes} while the consumer waited on input 0: more than the "
         f"budget ({budget}) + one element (4096)")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_budget_in_graph_mode(tfi: types.ModuleType, sloppy: bool) -> None:
     sizes, floats = (3, 5, 2, 4), (2048, 16, 1024, 512)
 
@@ -426,7 +413,7 @@ def context_switches() -> int:
     return usage.ru_nvcsw + usage.ru_nivcsw
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_freed_bytes_wake_only_the_workers_they_let_on(tfi: types.ModuleType, sloppy: bool) -> None:
     """1,000 inputs in the cycle and a 1-byte budget: almost every worker parks with an element.
 
@@ -457,7 +444,7 @@ def test_freed_bytes_wake_only_the_workers_they_let_on(tfi: types.ModuleType, sl
     assert per_element < 50, f"{per_element:.0f} context switches per element ({switches} in all)"
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, sloppy: bool) -> None:
     """The budget bounds every element made ahead, not only the buffered ones.
 

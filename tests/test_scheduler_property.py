@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_model import interleave_order
+from pipelines import SLOPPY_MODES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BINDING_SOURCE = ROOT / "cc" / "python" / "scheduler_binding.cc"
@@ -432,7 +433,7 @@ def test_restore_rejects_a_corrupted_state(binding, case: Case, tape: Tape, data
     assert fresh.state() == good
 
 
-@pytest.mark.parametrize("sloppy", [False, True])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_binding_reports_states(binding, sloppy: bool) -> None:
     scheduler = binding.InterleaveScheduler(2, 2, sloppy)
     assert (scheduler.cycle_length, scheduler.block_length, scheduler.sloppy) == (2, 2, sloppy)

@@ -24,7 +24,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.python.data.experimental.ops import testing as data_testing
 from tensorflow.python.data.ops import dataset_ops
 
-from pipelines import collect, nested_values, sized_input, sized_map_func
+from pipelines import collect, nested_values, sized_input, sized_map_func, SLOPPY_MODES
 from reference_model import interleave_order
 
 OP_NAME = "TfInterleave>ParallelInterleaveDataset"
@@ -222,7 +222,7 @@ def test_external_state_is_reported(tfi: types.ModuleType, tmp_path, where: str)
 # --- Dataset.save / Dataset.load ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_dataset_save_and_load(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     dataset = sized_input(SIZES).apply(tfi.parallel_interleave(sized_map_func(SIZES), 3, 2, sloppy=sloppy))
     expected = _expected(3, 2)

@@ -23,7 +23,7 @@ from typing import Any, List
 import pytest
 import tensorflow as tf
 
-from pipelines import MAX_STEPS, nested_values, sized_input, sized_map_func, to_python
+from pipelines import MAX_STEPS, nested_values, sized_input, sized_map_func, to_python, SLOPPY_MODES
 
 SIZES = (3, 0, 5, 1, 4, 2, 6, 0, 2, 7)
 WORKERS = 2
@@ -157,7 +157,7 @@ def _all_elements() -> List[int]:
     return [value for values in nested_values(SIZES) for value in values]
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_parallel_epochs(tfi: types.ModuleType, service, sloppy: bool) -> None:
     """Each worker runs the whole pipeline: every element arrives once per worker."""
     dataset = _pipeline(tfi, sloppy).apply(tf.data.experimental.service.distribute(
@@ -166,7 +166,7 @@ def test_parallel_epochs(tfi: types.ModuleType, service, sloppy: bool) -> None:
     assert collections.Counter(values) == collections.Counter(_all_elements() * WORKERS)
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_distributed_epoch(tfi: types.ModuleType, service, sloppy: bool) -> None:
     """The op's input is split among the workers: every element arrives exactly once."""
     dataset = _pipeline(tfi, sloppy).apply(tf.data.experimental.service.distribute(

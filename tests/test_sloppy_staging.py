@@ -19,7 +19,8 @@ import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
 from pipelines import READ_MODES, Straggler, bounded, collect_in_mode, drain_holding_straggler, \
-    drain_with_late_straggler, live_stats_ids, nested_values, run_session_until_end, sized_input, take_with_stats, the_new_stats_entry, to_python
+    drain_with_late_straggler, live_stats_ids, nested_values, run_session_until_end, sized_input, take_with_stats, the_new_stats_entry, to_python, \
+    SLOPPY_MODES
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -285,7 +286,7 @@ def _late_input_dataset(tfi: types.ModuleType, sloppy: bool) -> tf.data.Dataset:
 
 
 @pytest.mark.parametrize("mode", READ_MODES)
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_an_input_waiting_to_retry_lets_staged_inputs_give(tfi: types.ModuleType, sloppy: bool, mode: str) -> None:
     """An input waiting out a retry delay (~0.75 s in all) blocks the cycle: in sloppy mode the staged
     inputs' ready elements come meanwhile; deterministic mode keeps the order."""

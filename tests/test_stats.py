@@ -25,18 +25,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Straggler, nested_values, bounded as _bounded, live_stats_ids, new_stats_entries, \
-    run_child_script, the_new_stats_entry
+from pipelines import STRIDE, Straggler, nested_values, bounded, live_stats_ids, new_stats_entries, \
+    run_child_script, the_new_stats_entry, SLOPPY_MODES
 from reference_model import interleave_order
 
-MODES = [False, True]
-MODE_IDS = ["deterministic", "sloppy"]
-TIMEOUT_SECONDS = 60.0
-
-
-def bounded(fn: Callable[..., Any], *args: Any, timeout: float = TIMEOUT_SECONDS) -> Any:
-    """``pipelines.bounded`` with this module's time limit."""
-    return _bounded(fn, *args, timeout=timeout)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 INT64_BYTES = 8
 
@@ -149,7 +141,7 @@ def check_plain(value: Any, path: str = "stats()") -> None:
 # ----------------------------------------------------------------------------- shape of the data
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_stats_are_plain_data_with_every_documented_field(tfi: types.ModuleType, sloppy: bool) -> None:
     names = ["a.rec", "b.rec", "c.rec"]
     dataset = without_injected_prefetch(named_input(names).apply(tfi.parallel_interleave(
@@ -191,7 +183,7 @@ def test_no_live_iterator_no_entry(tfi: types.ModuleType) -> None:
 # ----------------------------------------------------------------------------- eager, tf.function, graph
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_eager_counts_and_labels_then_gone_after_delete(tfi: types.ModuleType, sloppy: bool) -> None:
     names = ["train-0.tfrecord", "train-1.tfrecord", "train-2.tfrecord", "train-3.tfrecord"]
     sizes = [5, 3, 0, 4]
@@ -230,7 +222,7 @@ def test_eager_counts_and_labels_then_gone_after_delete(tfi: types.ModuleType, s
     bounded(go)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_tf_function_iteration(tfi: types.ModuleType, sloppy: bool) -> None:
     sizes = [4, 4, 4]
     dataset = without_injected_prefetch(tf.data.Dataset.range(3).apply(tfi.parallel_interleave(
@@ -254,7 +246,7 @@ def test_tf_function_iteration(tfi: types.ModuleType, sloppy: bool) -> None:
     bounded(go)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_graph_mode_session(tfi: types.ModuleType, sloppy: bool) -> None:
     names = ["x.csv", "y.csv", "z.csv"]
     sizes = [4, 2, 3]
@@ -312,7 +304,7 @@ def test_one_entry_per_live_iterator_oldest_first(tfi: types.ModuleType) -> None
 # ----------------------------------------------------------------------------- labels
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("kind", ["int", "string_vector", "tuple"])
 def test_label_is_input_index_unless_the_input_is_a_scalar_string(tfi: types.ModuleType, kind: str,
                                                                   sloppy: bool) -> None:
@@ -367,7 +359,7 @@ def test_long_string_label_is_kept_readable(tfi: types.ModuleType) -> None:
 # ----------------------------------------------------------------------------- buffer fill
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_buffer_fill(tfi: types.ModuleType, sloppy: bool) -> None:
     names = ["p0", "p1", "p2"]
     dataset = without_injected_prefetch(named_input(names).apply(tfi.parallel_interleave(
@@ -400,7 +392,7 @@ def test_buffer_fill(tfi: types.ModuleType, sloppy: bool) -> None:
 # ----------------------------------------------------------------------------- waits and sloppy skips
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_consumer_wait_on_the_only_input_is_timed_and_named(tfi: types.ModuleType, sloppy: bool) -> None:
     """One input, "slow.rec", whose first element is held for a while: the consumer waits on it."""
     names, sizes = ["slow.rec"], [3]
@@ -517,7 +509,7 @@ def test_deterministic_mode_never_counts_sloppy_skips(tfi: types.ModuleType) -> 
 # ----------------------------------------------------------------------------- skipped and retried inputs
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_skipped_and_retried_inputs_are_listed(tfi: types.ModuleType, sloppy: bool) -> None:
     names = ["ok.rec", "flaky.rec", "broken.rec", "fine.rec"]
     sizes = [4, 5, 6, 3]
@@ -589,48 +581,42 @@ def _stall_dataset(tfi: types.ModuleType, sloppy: bool, straggler: Straggler, th
     return dataset, names, sizes
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
-def test_stall_is_counted_once_per_long_wait(tfi: types.ModuleType, sloppy: bool) -> None:
-    straggler = Straggler()
-    dataset, names, sizes = _stall_dataset(tfi, sloppy, straggler, threshold=0.15)
-
-    def go() -> Dict[str, Any]:
+def _drain_released_later(tfi: types.ModuleType, dataset: tf.data.Dataset, straggler: Straggler,
+                          release_after_seconds: float) -> Tuple[List[int], Dict[str, Any]]:
+    """Drains ``dataset`` while a timer releases the straggler; returns the values and the iterator's stats."""
+    def go() -> Tuple[List[int], Dict[str, Any]]:
         before = live_ids(tfi)
-        timer = straggler.release_later(0.7)
+        timer = straggler.release_later(release_after_seconds)
         try:
             iterator = iter(dataset)
             values = [int(value) for value in iterator]
         finally:
             timer.cancel()
             straggler.release()
-        assert sorted(values) == sorted(value for nested in nested_values(sizes) for value in nested)
-        return the_new_entry(tfi, before)
+        return values, the_new_entry(tfi, before)
 
-    entry = bounded(go)
+    return bounded(go)
+
+
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
+def test_stall_is_counted_once_per_long_wait(tfi: types.ModuleType, sloppy: bool) -> None:
+    straggler = Straggler()
+    dataset, names, sizes = _stall_dataset(tfi, sloppy, straggler, threshold=0.15)
+    values, entry = _drain_released_later(tfi, dataset, straggler, release_after_seconds=0.7)
+    assert sorted(values) == sorted(value for nested in nested_values(sizes) for value in nested)
     # One wait of ~0.7 s on "slow.rec" (the held elements are released together): one warning.
     assert entry["stall_warnings"] == 1, entry
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_no_stall_warning_below_the_threshold(tfi: types.ModuleType, sloppy: bool) -> None:
     straggler = Straggler()
     dataset, _, _ = _stall_dataset(tfi, sloppy, straggler, threshold=10.0)
-
-    def go() -> Dict[str, Any]:
-        before = live_ids(tfi)
-        timer = straggler.release_later(0.2)
-        try:
-            iterator = iter(dataset)
-            list(iterator)
-        finally:
-            timer.cancel()
-            straggler.release()
-        return the_new_entry(tfi, before)
-
-    assert bounded(go)["stall_warnings"] == 0
+    _, entry = _drain_released_later(tfi, dataset, straggler, release_after_seconds=0.2)
+    assert entry["stall_warnings"] == 0, entry
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_a_stall_through_retry_delays_is_warned_about(tfi: types.ModuleType, sloppy: bool) -> None:
     """The only input fails to open five times, then reads: ~1.5 s of retry delays.
 

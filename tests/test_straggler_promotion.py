@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import bounded, live_stats_ids, run_session_until_end, the_new_stats_entry, to_python
+from pipelines import bounded, live_stats_ids, run_session_until_end, the_new_stats_entry, to_python, SLOPPY_MODES
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -67,7 +67,7 @@ def _drain_with_stats(tfi: types.ModuleType, dataset: tf.data.Dataset) -> Tuple[
     return order, entry
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_stragglers_enter_the_cycle_first_only_in_sloppy_mode(tfi: types.ModuleType, sloppy: bool) -> None:
     order, entry = bounded(_drain_with_stats, tfi, _dataset(tfi, sloppy))
     if sloppy:

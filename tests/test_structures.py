@@ -8,7 +8,7 @@ from typing import Any, Callable, List
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, collect, nested_values, sized_input, sized_map_func
+from pipelines import STRIDE, collect, nested_values, sized_input, sized_map_func, SLOPPY_MODES
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -79,7 +79,7 @@ def _as_lists(dataset: tf.data.Dataset) -> List[str]:
         element)) for element in dataset]
 
 
-@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("transform", COMPOSITE_CASES)
 def test_composite_elements_equal_builtin(tfi: types.ModuleType, builtin_interleave, transform: Callable,
                                          sloppy: bool) -> None:

@@ -21,11 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import MAX_STEPS, STRIDE, nested_values, sized_map_func, to_python, bounded as _bounded
+from pipelines import MAX_STEPS, STRIDE, nested_values, sized_map_func, to_python, bounded as _bounded, SLOPPY_MODES
 from reference_model import interleave_order
 
-MODES = [False, True]
-MODE_IDS = ["deterministic", "sloppy"]
 TIMEOUT_SECONDS = 90.0
 
 
@@ -125,7 +123,7 @@ def big_elements_map_func(count: int, floats: int) -> Callable:
     return map_func
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_symbolic_checkpoint_size_does_not_grow_with_buffers(tfi: types.ModuleType, sloppy: bool,
                                                              tmp_path: Any) -> None:
     cycle_length, prefetch, floats = 2, 2, 1024  # 4 KB elements
@@ -187,7 +185,7 @@ def sized_dataset(tfi: types.ModuleType, sizes: Sequence[int], config: Tuple[int
         prefetch_input_elements=prefetch, buffer_output_elements=buffer)), symbolic=True)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "c{}_b{}_p{}_o{}".format(*c))
 def test_exactly_once_from_every_position(tfi: types.ModuleType, config: Tuple[int, int, Optional[int], Optional[int]],
                                           sloppy: bool, tmp_path: Any) -> None:
@@ -204,7 +202,7 @@ def test_exactly_once_from_every_position(tfi: types.ModuleType, config: Tuple[i
     bounded(go)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_exactly_once_across_repeated_restores(tfi: types.ModuleType, sloppy: bool, tmp_path: Any) -> None:
     """Restore, read a little, save again, restore again ...: still every element exactly once."""
     config = (3, 2, 2, 2)
@@ -225,7 +223,7 @@ def test_exactly_once_across_repeated_restores(tfi: types.ModuleType, sloppy: bo
     check_rest(sloppy, expected, bounded(go), [], "after repeated restores")
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_exactly_once_with_skipped_inputs(tfi: types.ModuleType, sloppy: bool, tmp_path: Any) -> None:
     """``on_input_error="skip"``: after a restore skipped inputs stay skipped, failing ones fail again."""
     sizes = (5, 4, 6, 3, 5, 4)
@@ -256,7 +254,7 @@ def test_exactly_once_with_skipped_inputs(tfi: types.ModuleType, sloppy: bool, t
     bounded(go)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_exactly_once_over_text_files(tfi: types.ModuleType, sloppy: bool, tmp_path: Any) -> None:
     """The realistic case: input elements are file names, nested datasets read the files."""
     line_counts = [4, 7, 0, 3, 5, 2]
@@ -283,7 +281,7 @@ def test_exactly_once_over_text_files(tfi: types.ModuleType, sloppy: bool, tmp_p
     bounded(go)
 
 
-@pytest.mark.parametrize("sloppy", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_restore_recreates_nested_iterators_and_skips_ahead(tfi: types.ModuleType, sloppy: bool,
                                                             tmp_path: Any) -> None:
     """Nested datasets that are slow to produce: the checkpoint is saved while every worker is mid-stream,

@@ -27,7 +27,7 @@ from typing import Callable, List
 import pytest
 import tensorflow as tf
 
-from pipelines import collect_in_tf_function, run_session_until_end
+from pipelines import collect_in_tf_function, run_session_until_end, SLOPPY_MODES
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -35,7 +35,6 @@ CYCLE_LENGTH = 4
 # Long enough for four calls on four workers to meet on a loaded machine; calls that run
 # one after the other each wait this long and the test fails.
 GATE_TIMEOUT_SECONDS = 10.0
-MODES = [pytest.param(False, id="deterministic"), pytest.param(True, id="sloppy")]
 RUN_MODES = ["eager", "tf.function", "graph"]
 
 
@@ -88,7 +87,7 @@ def _iterate(make: Callable[[], tf.data.Dataset], run_mode: str) -> List[int]:
 
 
 @pytest.mark.parametrize("run_mode", RUN_MODES)
-@pytest.mark.parametrize("sloppy", MODES)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_slow_map_funcs_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType, run_mode: str,
                                                                  sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
@@ -100,7 +99,7 @@ def test_slow_map_funcs_run_side_by_side_with_a_one_thread_pool(tfi: types.Modul
 
 
 @pytest.mark.parametrize("run_mode", RUN_MODES)
-@pytest.mark.parametrize("sloppy", MODES)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_nested_functions_run_side_by_side_with_a_one_thread_pool(tfi: types.ModuleType, run_mode: str,
                                                                   sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
@@ -112,7 +111,7 @@ def test_nested_functions_run_side_by_side_with_a_one_thread_pool(tfi: types.Mod
 
 
 @pytest.mark.parametrize("run_mode", RUN_MODES)
-@pytest.mark.parametrize("sloppy", MODES)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_nested_parallel_map_keeps_the_pool(tfi: types.ModuleType, run_mode: str, sloppy: bool) -> None:
     gate = Gate(CYCLE_LENGTH)
     # One input, whose parallel map schedules its calls from its own threads: they still
@@ -155,7 +154,7 @@ def _timer_slack_nanos(value: tf.Tensor) -> tf.Tensor:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="timer slack is a Linux setting")
 @pytest.mark.parametrize("reader", sorted(SLACK_READERS))
 @pytest.mark.parametrize("run_mode", RUN_MODES)
-@pytest.mark.parametrize("sloppy", MODES)
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
 def test_workers_wait_with_a_tight_timer_slack(tfi: types.ModuleType, run_mode: str, sloppy: bool,
                                                reader: str) -> None:
     # A latency-bound input (a sleep, a poll with a timeout) waits on a worker; with the
