@@ -72,26 +72,38 @@ bool InterleaveScheduler::RefillSlot(int64_t index,
                                      const CostFn& staged_cost) {
   if (state_.next_source < state_.inputs_known) {
     const int64_t source = ChooseStaged(staged_cost);
-    state_.cycle[index] = source;
+    SetSlot(index, source);
     if (source != state_.next_source) ++state_.promotions;
     LeaveStaging(source);
     return true;
   }
-  if (state_.input_ended) state_.cycle[index] = kEmptySlot;
+  if (state_.input_ended) SetSlot(index, kEmptySlot);
   return false;
+}
+
+void InterleaveScheduler::SetSlot(int64_t index, int64_t value) {
+  int64_t& slot = state_.cycle[index];
+  awaiting_slots_ += (value == kAwaitingSlot) - (slot == kAwaitingSlot);
+  slot = value;
 }
 
 void InterleaveScheduler::FillAwaitingSlots(const CostFn& staged_cost) {
   std::vector<int64_t>& cycle = state_.cycle;
-  for (int64_t index = 0; index < static_cast<int64_t>(cycle.size());
-       ++index) {
-    if (cycle[index] == kAwaitingSlot) RefillSlot(index, staged_cost);
+  // An awaiting slot changes only when a source is staged or the input has
+  // ended: otherwise the scan (per element) is skipped.
+  if (state_.next_source < state_.inputs_known || state_.input_ended) {
+    for (int64_t index = 0;
+         awaiting_slots_ > 0 && index < static_cast<int64_t>(cycle.size());
+         ++index) {
+      if (cycle[index] == kAwaitingSlot) RefillSlot(index, staged_cost);
+    }
   }
   // The slots not made yet come after the existing ones, as if they had
   // been awaiting at the end of the cycle.
   while (static_cast<int64_t>(cycle.size()) < cycle_length_ &&
          state_.next_source < state_.inputs_known) {
     cycle.push_back(kAwaitingSlot);
+    ++awaiting_slots_;
     RefillSlot(cycle.size() - 1, staged_cost);
   }
 }
@@ -140,7 +152,7 @@ InterleaveScheduler::Decision InterleaveScheduler::Next(
         }
         // Finished: the slot goes to the next source, if there is one.
         released->push_back(slot);
-        cycle[index] = kAwaitingSlot;
+        SetSlot(index, kAwaitingSlot);
       }
       if (RefillSlot(index, staged_cost)) {
         // A newly opened source joins at the end of the round.
@@ -231,6 +243,7 @@ std::string InterleaveScheduler::Restore(const State& state) {
       return "scheduler state set before it started";
     }
     state_ = state;
+    awaiting_slots_ = 0;
     return "";
   }
   if (state.next_index < 0 || (length > 0 && state.next_index >= length)) {
@@ -270,6 +283,8 @@ std::string InterleaveScheduler::Restore(const State& state) {
     }
   }
   state_ = state;
+  awaiting_slots_ = std::count(state_.cycle.begin(), state_.cycle.end(),
+                               kAwaitingSlot);
   return "";
 }
 

@@ -149,11 +149,16 @@ class InterleaveScheduler {
   // Takes `source` out of staging (into a slot, or gone for good).
   void LeaveStaging(int64_t source);
   void AdvanceBlock(int64_t index);
+  // Writes slot `index`, keeping `awaiting_slots_` in step.
+  void SetSlot(int64_t index, int64_t value);
 
   const int64_t cycle_length_;
   const int64_t block_length_;
   const bool sloppy_;
   State state_;
+  // How many slots are kAwaitingSlot (follows from `state_`): a sloppy
+  // `Next` looks through a long cycle for them only when there are some.
+  int64_t awaiting_slots_ = 0;
 };
 
 }  // namespace tf_interleave

@@ -253,13 +253,18 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
         return StateOf(source);
       };
-  // Sloppy: stragglers waiting in staging enter the cycle first.
+  // Sloppy: stragglers waiting in staging enter the cycle first. A
+  // decision may weigh every staged source: one clock reading serves them
+  // all (read only when one is asked about).
+  int64_t cost_now_nanos = 0;
   InterleaveScheduler::CostFn staged_cost;
   if (options_.sloppy) {
-    staged_cost = [this](int64_t source) TF_NO_THREAD_SAFETY_ANALYSIS {
-      return seat_of_source_.at(source)->pace.StragglerCostNanos(
-          EnvTime::NowNanos());
-    };
+    staged_cost = [this, &cost_now_nanos](int64_t source)
+        TF_NO_THREAD_SAFETY_ANALYSIS {
+          if (cost_now_nanos == 0) cost_now_nanos = EnvTime::NowNanos();
+          return seat_of_source_.at(source)->pace.StragglerCostNanos(
+              cost_now_nanos);
+        };
   }
   if (!stashed_.empty()) {
     BufferedElement element = std::move(stashed_.back());
@@ -274,6 +279,7 @@ absl::Status SourcePool::GetNext(IteratorContext* ctx,
       return absl::CancelledError("tf_interleave iterator was cancelled");
     }
     released_.clear();
+    cost_now_nanos = 0;
     InterleaveScheduler::Decision decision =
         scheduler_.Next(state_of, &released_, staged_cost);
     absl::Status skip_status = ReleaseSources();

@@ -796,6 +796,34 @@ TEST(StateRestoreRoundTrip) {
   }
 }
 
+TEST(RestoredAwaitingSlotIsFilledBeforeTheScanAsInTheOriginal) {
+  // A sloppy cycle fills awaiting slots, in slot order, before it scans for
+  // an element; it looks for them only while it knows there are some, so a
+  // restored scheduler must count the ones in the state it is given.
+  Harness original(3, 1, /*sloppy=*/true);
+  original.OpenMany(3);
+  original.ExpectEmit(0);
+  original.Set(1, kFinished);
+  // Slot 1 ends with no input to replace it yet: it awaits one.
+  original.ExpectEmit(2);
+  CHECK_EQ(original.state().cycle, (std::vector<int64_t>{0, kAwaiting, 2}));
+  CHECK_EQ(original.state().next_index, 0);
+
+  InterleaveScheduler copy(3, 1, /*sloppy=*/true);
+  CHECK_EQ(copy.Restore(original.state()), std::string());
+  const int64_t source = original.Open();
+  copy.OnInputOpened();
+  original.ExpectEmit(0);
+  std::vector<int64_t> copy_released;
+  const Decision d = copy.Next([](int64_t) { return kReady; }, &copy_released,
+                               [](int64_t) { return int64_t{0}; });
+  CHECK_EQ(d.kind, Kind::kEmit);
+  CHECK_EQ(d.source, 0);
+  // Source 3 took slot 1 before slot 0 emitted, in both.
+  CHECK_EQ(original.state().cycle, (std::vector<int64_t>{0, source, 2}));
+  CHECK(SameState(copy.state(), original.state())) << copy.state();
+}
+
 TEST(RestoreOfAFreshState) {
   InterleaveScheduler scheduler(2, 1, false);
   CHECK_EQ(scheduler.Restore(State()), std::string());
