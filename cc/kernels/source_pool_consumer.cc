@@ -351,6 +351,10 @@ absl::Status SourcePool::ReleaseSources() {
 bool SourcePool::ProduceInlineForCycle(mutex_lock& lock) {
   // Even while a worker produces for another source of the cycle: both
   // cores then produce, instead of the consumer waiting for each hand-off.
+  // In slot order, not from the slot the scheduler looks at next, which
+  // would shorten the scheduler's scan: tiny elements then ran 10-20%
+  // faster, but 2 KB TFRecord records 3-16% slower at more CPU per record,
+  // the consumer's calls spread over every source instead of the same few.
   for (int64_t source : scheduler_.state().cycle) {
     auto it = seat_of_source_.find(source);
     if (it != seat_of_source_.end() && it->second->buffer.empty() &&
