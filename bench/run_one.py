@@ -11,10 +11,10 @@ wall seconds from iterator creation to the last element, process CPU seconds
 (user + system) over the same span, peak RSS, and threads: how many new
 threads were seen (sampled every few milliseconds by a child process, from
 iterator creation until the iterator is deleted) and the peak number alive at
-once. The elements' fingerprints (sum and an order-sensitive sum) let the caller check
-the elements and, for deterministic contenders, their order. With several
-`--contender`s they are measured one after the other in this process (what
-`run.py --quick` does to save process start-ups; not for timings).
+once. The elements' fingerprints (sum and an order-sensitive sum) let the
+caller check the elements and, for deterministic contenders, their order. With
+several `--contender`s they are measured one after the other in this process
+(what `run.py --quick` does to save process start-ups; not for timings).
 """
 
 import argparse

@@ -583,7 +583,11 @@ def _stall_dataset(tfi: types.ModuleType, sloppy: bool, straggler: Straggler, th
 
 def _drain_released_later(tfi: types.ModuleType, dataset: tf.data.Dataset, straggler: Straggler,
                           release_after_seconds: float) -> Tuple[List[int], Dict[str, Any]]:
-    """Drains ``dataset`` while a timer releases the straggler; returns the values and the iterator's stats."""
+    """Drains ``dataset`` while a timer releases the straggler; returns the values and the iterator's stats.
+
+    Not ``pipelines.drain_with_late_straggler``: the iterator must still be alive when its stats
+    entry is read (``stats()`` lists live iterators only).
+    """
     def go() -> Tuple[List[int], Dict[str, Any]]:
         before = live_ids(tfi)
         timer = straggler.release_later(release_after_seconds)
