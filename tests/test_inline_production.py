@@ -372,28 +372,33 @@ def test_sloppy_consumer_busy_in_an_inline_call_does_not_pause(mode: str) -> Non
 
 
 # Each input: cheap elements, one call that sleeps (as a page fault or a lock on a busy machine may),
-# then cheap elements again.
-RARE_BLOCK_CHEAP = 20_000
-RARE_BLOCK_MICROS = 3_000
+# then a few cheap elements more. The rule weighs blocked time against the time since the start, so
+# the first block must come long after the start however fast the machine reads: 100,000 elements
+# take ~70 ms here, against the 16 ms (8 x 2 ms) past which one block would pause. With 20,000
+# elements and 3 ms blocks the first block came 22-30 ms after the start and paused in most passes.
+RARE_BLOCK_CHEAP_BEFORE = 100_000
+RARE_BLOCK_CHEAP_AFTER = 2_000
+RARE_BLOCK_MICROS = 2_000
 RARE_BLOCK_ATTEMPTS = 3
 
 
 @pytest.mark.parametrize("mode", READ_MODES)
 def test_sloppy_consumer_keeps_producing_inline_through_rare_short_blocks(mode: str) -> None:
-    # Four inputs of 40,001 elements, each with one 3 ms call in the middle: 12 ms lost in a pass
-    # that lasts far longer. A pause for each (workers produce every element for 4,096 elements,
-    # then 8 times longer each time) would cost more than those calls did; inline production goes
-    # on, unpaused, as long as blocked calls take a small share of the time. Stats are read before
-    # the last batch, while the interleave is alive. On a busy machine other hiccups may block a
-    # call for long (and rightly pause): a few attempts.
+    # Four inputs, each with one 2 ms call: 8 ms lost in a pass that lasts far longer. A pause for
+    # each (workers produce every element for 4,096 elements, then 8 times longer each time) would
+    # cost more than those calls did; inline production goes on, unpaused, as long as blocked calls
+    # take a small share of the time. Stats are read before the last batch, while the interleave
+    # is alive. On a busy machine other hiccups may block a call for long (and rightly pause): a
+    # few attempts.
     inputs, cycle_length, batch = 4, 2, 1000
+    per_input = RARE_BLOCK_CHEAP_BEFORE + 1 + RARE_BLOCK_CHEAP_AFTER
 
     def map_func(index: tf.Tensor) -> tf.data.Dataset:
         first = STRIDE * index
-        before = tf.data.Dataset.range(first, first + RARE_BLOCK_CHEAP)
-        blocked = tf.data.Dataset.range(first + RARE_BLOCK_CHEAP, first + RARE_BLOCK_CHEAP + 1).apply(
-            testing.sleep(RARE_BLOCK_MICROS))
-        after = tf.data.Dataset.range(first + RARE_BLOCK_CHEAP + 1, first + 2 * RARE_BLOCK_CHEAP + 1)
+        blocked_value = first + RARE_BLOCK_CHEAP_BEFORE
+        before = tf.data.Dataset.range(first, blocked_value)
+        blocked = tf.data.Dataset.range(blocked_value, blocked_value + 1).apply(testing.sleep(RARE_BLOCK_MICROS))
+        after = tf.data.Dataset.range(blocked_value + 1, first + per_input)
         return before.concatenate(blocked).concatenate(after)
 
     def make_dataset() -> tf.data.Dataset:
@@ -403,9 +408,9 @@ def test_sloppy_consumer_keeps_producing_inline_through_rare_short_blocks(mode: 
         return tf.data.Dataset.range(inputs).apply(
             tf_interleave.parallel_interleave(map_func, cycle_length, sloppy=True)).batch(batch).with_options(options)
 
-    total = inputs * (2 * RARE_BLOCK_CHEAP + 1)
+    total = inputs * per_input
     batches = -(-total // batch)
-    expected = sorted(v for vs in nested_values([2 * RARE_BLOCK_CHEAP + 1] * inputs) for v in vs)
+    expected = sorted(v for vs in nested_values([per_input] * inputs) for v in vs)
     outcomes = []
     for _ in range(RARE_BLOCK_ATTEMPTS):
         entry, values = bounded(take_with_stats, tf_interleave, make_dataset, batches - 1, mode)
