@@ -374,7 +374,7 @@ def test_sloppy_consumer_busy_in_an_inline_call_does_not_pause(mode: str) -> Non
 # Each input: cheap elements, one call that sleeps (as a page fault or a lock on a busy machine may),
 # then a few cheap elements more. The rule weighs blocked time against the time since the start, so
 # the first block must come long after the start however fast the machine reads: 100,000 elements
-# take ~70 ms here, against the 16 ms (8 x 2 ms) past which one block would pause. With 20,000
+# take ~70 ms on two cores, against the 16 ms (8 x 2 ms) past which one block would pause. With 20,000
 # elements and 3 ms blocks the first block came 22-30 ms after the start and paused in most passes.
 RARE_BLOCK_CHEAP_BEFORE = 100_000
 RARE_BLOCK_CHEAP_AFTER = 2_000
