@@ -444,8 +444,10 @@ def test_freed_bytes_wake_only_the_workers_they_let_on(tfi: types.ModuleType, sl
     assert per_element < 50, f"{per_element:.0f} context switches per element ({switches} in all)"
 
 
+@pytest.mark.parametrize("element_seconds", [0.0, 0.05], ids=["cheap", "slow"])
 @pytest.mark.parametrize("sloppy", SLOPPY_MODES)
-def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, sloppy: bool) -> None:
+def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, sloppy: bool,
+                                                    element_seconds: float) -> None:
     """The budget bounds every element made ahead, not only the buffered ones.
 
     16 inputs open at once (8 in the cycle, 8 staged) and a budget of four 64 KB elements:
@@ -453,6 +455,10 @@ def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, slopp
     one beyond it (plus the one taken), although every input has room in its buffer. A
     worker that made an element the budget cannot take holds it until there is room, so
     one element made per input would be 16 elements of memory for a budget of 4.
+
+    Slow elements (50 ms each) keep the consumer's first wait long enough for every input
+    of the cycle to be open: a sloppy wait awaits all of them, and the budget lets only one
+    call at a time start for that wait (one each made 8 elements with one taken).
     """
     inputs, per_input, floats, budget_elements = 16, 6, 16 * 1024, 4
     element_bytes = floats * FLOAT_BYTES
@@ -462,6 +468,7 @@ def test_elements_made_ahead_stay_within_the_budget(tfi: types.ModuleType, slopp
     def count(value: tf.Tensor) -> tf.Tensor:
         with lock:
             made[0] += 1
+        time.sleep(element_seconds)
         return value
 
     def map_func(index: tf.Tensor) -> tf.data.Dataset:

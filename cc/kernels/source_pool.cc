@@ -149,11 +149,22 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
       options_.buffer_output_elements) {
     return Work::kNone;
   }
-  const int64_t budget = options_.memory_budget_bytes;
-  if (budget <= 0 || (seat.buffer.empty() && ConsumerWaitsOn(seat))) {
+  if (!BudgetHolds(seat)) return Work::kReady;
+  // The source the consumer waits on may always make an element, or a
+  // budget smaller than an element would deadlock. A sloppy wait awaits
+  // every source of the cycle: one such call at a time ends it as surely,
+  // where one each would make a cycle of elements beyond the budget.
+  if (seat.buffer.empty() && ConsumerWaitsOn(seat) &&
+      (consumer_wait_ == ConsumerWait::kSource || beyond_budget_calls_ == 0)) {
     return Work::kReady;
   }
-  if (buffered_bytes_ >= budget) return Work::kHeldByBudget;
+  return Work::kHeldByBudget;
+}
+
+bool SourcePool::BudgetHolds(const Seat& seat) const {
+  const int64_t budget = options_.memory_budget_bytes;
+  if (budget <= 0) return false;
+  if (buffered_bytes_ >= budget) return true;
   // A call starts only while the budget has room beyond what is buffered,
   // parked and under way (counted at the usual size), so that every worker
   // of a large cycle cannot make an element at once and park it: before
@@ -162,7 +173,7 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
           ? producing_ > 0
           : buffered_bytes_ + parked_bytes_ +
                     UsualElementBytes() * producing_ >= budget) {
-    return Work::kHeldByBudget;
+    return true;
   }
   // Deterministic: an element beyond the source's next block is read a
   // whole cycle later at the soonest. While the budget could not hold a
@@ -170,12 +181,35 @@ SourcePool::Work SourcePool::WorkOf(const Seat& seat) const {
   // out, which the consumer reads first.
   // (The budget's elements <= cycle_length * block_length, written so that
   // the product cannot overflow.)
-  if (!options_.sloppy &&
-      static_cast<int64_t>(seat.buffer.size()) >= options_.block_length &&
-      (BudgetElements() - 1) / options_.block_length < options_.cycle_length) {
-    return Work::kHeldByBudget;
+  return !options_.sloppy &&
+         static_cast<int64_t>(seat.buffer.size()) >= options_.block_length &&
+         (BudgetElements() - 1) / options_.block_length <
+             options_.cycle_length;
+}
+
+void SourcePool::ClaimProduce(Task* task) {
+  task->beyond_budget = BudgetHolds(*task->seat);
+  if (task->beyond_budget) ++beyond_budget_calls_;
+  task->seat->claimed = true;
+  NoteCallStart(task->seat);
+  ++active_calls_;
+  ++producing_;
+}
+
+void SourcePool::EndBeyondBudgetCall() {
+  --beyond_budget_calls_;
+  // The sources of a sloppy wait that this call kept back may start one.
+  if (consumer_wait_ != ConsumerWait::kAny) return;
+  for (int64_t source : scheduler_.state().cycle) {
+    auto it = seat_of_source_.find(source);
+    if (it == seat_of_source_.end() || !it->second->awaited_in_cycle ||
+        !it->second->buffer.empty()) {
+      continue;
+    }
+    Unhold(it->second);
+    Offer(it->second, /*urgent=*/false);
   }
-  return Work::kReady;
+  WakeForRemainingWork();
 }
 
 int64_t SourcePool::UsualElementBytes() const {
@@ -375,14 +409,14 @@ SourcePool::Task SourcePool::NextTask() {
       const Work work = WorkOf(*seat);
       if (work == Work::kHeldByBudget) HoldForBudget(seat);
       if (work != Work::kReady) continue;
-      task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       task.seat = seat;
-      if (task.kind == TaskKind::kProduce) {
-        NoteCallStart(seat);
-        ++producing_;
-      } else if (options_.sloppy) {
-        seat->pace.OpenStarted(EnvTime::NowNanos());
+      if (!seat->needs_open) {
+        task.kind = TaskKind::kProduce;
+        ClaimProduce(&task);
+        return task;
       }
+      task.kind = TaskKind::kOpen;
+      if (options_.sloppy) seat->pace.OpenStarted(EnvTime::NowNanos());
       break;
     }
     if (task.kind == TaskKind::kNone) return task;
@@ -416,6 +450,7 @@ void SourcePool::WorkerThread(int64_t rank) {
         pause_cond_var_.notify_all();
       }
       if (task.kind == TaskKind::kProduce) --producing_;
+      if (task.beyond_budget) EndBeyondBudgetCall();
       FinishTask(&task, l, &dropped);
       follow_up = task.follow_up;
       task = Task();
@@ -425,10 +460,7 @@ void SourcePool::WorkerThread(int64_t rank) {
           HasWork(*follow_up)) {
         task.kind = TaskKind::kProduce;
         task.seat = follow_up;
-        follow_up->claimed = true;
-        NoteCallStart(follow_up);
-        ++active_calls_;
-        ++producing_;
+        ClaimProduce(&task);
         continue;
       }
       Offer(follow_up, /*urgent=*/false);

@@ -300,6 +300,9 @@ class SourcePool : public StatsSource {
     std::unique_ptr<tensorflow::data::MemoryCheckpoint> input_checkpoint;
     // A seat the worker goes on producing for, without queueing it.
     Seat* follow_up = nullptr;
+    // kProduce: only the consumer's wait let the call start, the memory
+    // budget would have held it (counted in `beyond_budget_calls_`).
+    bool beyond_budget = false;
   };
 
   // Why the consumer waits, so that workers wake it only when it matters.
@@ -364,6 +367,13 @@ class SourcePool : public StatsSource {
   bool HasWork(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return WorkOf(seat) == Work::kReady;
   }
+  // Whether the memory budget alone would hold back a call on the seat.
+  bool BudgetHolds(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Claims the seat of a worker's kProduce task for its call.
+  void ClaimProduce(Task* task) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A call that started beyond the budget has returned: a sloppy wait's
+  // sources it kept back may start theirs.
+  void EndBeyondBudgetCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The mean size of the elements produced so far (1 before any), and how
   // many such elements the memory budget holds.
   int64_t UsualElementBytes() const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -612,6 +622,9 @@ class SourcePool : public StatsSource {
   // produce one (`producing_`, worker and inline calls alike).
   int64_t parked_bytes_ TF_GUARDED_BY(mu_) = 0;
   int64_t producing_ TF_GUARDED_BY(mu_) = 0;
+  // Of those, the worker calls that only the consumer's wait let start
+  // (see `WorkOf`).
+  int64_t beyond_budget_calls_ TF_GUARDED_BY(mu_) = 0;
   // Elements produced so far and their bytes, for `UsualElementBytes`.
   int64_t measured_elements_ TF_GUARDED_BY(mu_) = 0;
   int64_t measured_bytes_ TF_GUARDED_BY(mu_) = 0;
