@@ -50,8 +50,7 @@ while True:
   peak = max(peak, len(new))
   if stop:
     break
-print(json.dumps({"baseline": sorted(baseline), "seen": len(seen),
-                  "peak": peak}), flush=True)
+print(json.dumps({"seen": sorted(seen), "peak": peak}), flush=True)
 """
 
 
@@ -60,7 +59,9 @@ class ThreadSampler:
 
   Threads alive when the sampler starts are the baseline; every thread seen
   after that (listed every SAMPLE_SECONDS, and once more when the sampler
-  stops) counts as started.
+  stops) counts as started. Threads left are those started ones still alive
+  when `result()` is called: a thread the process starts after the sampler
+  stopped is not the measured code's.
   """
 
   def __init__(self):
@@ -88,8 +89,8 @@ class ThreadSampler:
     self._report = json.loads(out)
 
   def result(self):
-    alive = set(os.listdir("/proc/self/task")) - set(self._report["baseline"])
-    return {"threads_started": self._report["seen"],
+    alive = set(os.listdir("/proc/self/task")) & set(self._report["seen"])
+    return {"threads_started": len(self._report["seen"]),
             "threads_peak": self._report["peak"],
             "threads_left": len(alive)}
 

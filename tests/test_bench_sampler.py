@@ -20,12 +20,16 @@ def run_one() -> ModuleType:
 
 def test_sampler_counts_threads_started_alive_and_left(run_one: ModuleType) -> None:
     # The threads are alive when the sampler stops, so its last sample sees them whatever the
-    # machine's pace; they end only after, so they are counted as left until joined.
+    # machine's pace; they end only after, so they are counted as left until joined. A thread the
+    # process starts after the sampler stopped (here `later`; in a test run, say, a runtime thread
+    # of an earlier test's pipeline) is not the measured code's and is never counted as left.
     release = threading.Event()
     threads = [threading.Thread(target=release.wait) for _ in range(3)]
+    later = threading.Thread(target=release.wait)
     with run_one.ThreadSampler() as sampler:
         for thread in threads:
             thread.start()
+    later.start()
     try:
         assert sampler.result() == {"threads_started": 3, "threads_peak": 3, "threads_left": 3}
     finally:
@@ -33,6 +37,7 @@ def test_sampler_counts_threads_started_alive_and_left(run_one: ModuleType) -> N
         for thread in threads:
             thread.join()
     assert sampler.result() == {"threads_started": 3, "threads_peak": 3, "threads_left": 0}
+    later.join()
 
 
 def test_sampler_leaves_out_threads_alive_before_it_and_runs_outside_the_process(run_one: ModuleType) -> None:
