@@ -187,13 +187,30 @@ bool SourcePool::BudgetHolds(const Seat& seat) const {
              options_.cycle_length;
 }
 
-void SourcePool::ClaimProduce(Task* task) {
-  task->beyond_budget = BudgetHolds(*task->seat);
-  if (task->beyond_budget) ++beyond_budget_calls_;
-  task->seat->claimed = true;
-  NoteCallStart(task->seat);
+void SourcePool::ClaimSeat(Seat* seat, TaskKind kind) {
+  seat->claimed = true;
   ++active_calls_;
-  ++producing_;
+  if (kind == TaskKind::kProduce) ++producing_;
+}
+
+void SourcePool::ClaimForWorker(Task* task) {
+  Seat* seat = task->seat;
+  switch (task->kind) {
+    case TaskKind::kProduce:
+      // Asked before the call counts among those producing, which the
+      // budget weighs.
+      task->beyond_budget = BudgetHolds(*seat);
+      if (task->beyond_budget) ++beyond_budget_calls_;
+      NoteCallStart(seat);
+      break;
+    case TaskKind::kOpen:
+      if (options_.sloppy) seat->pace.OpenStarted(EnvTime::NowNanos());
+      break;
+    case TaskKind::kPull:
+    case TaskKind::kNone:
+      break;
+  }
+  ClaimSeat(seat, task->kind);
 }
 
 void SourcePool::EndBeyondBudgetCall() {
@@ -410,19 +427,12 @@ SourcePool::Task SourcePool::NextTask() {
       if (work == Work::kHeldByBudget) HoldForBudget(seat);
       if (work != Work::kReady) continue;
       task.seat = seat;
-      if (!seat->needs_open) {
-        task.kind = TaskKind::kProduce;
-        ClaimProduce(&task);
-        return task;
-      }
-      task.kind = TaskKind::kOpen;
-      if (options_.sloppy) seat->pace.OpenStarted(EnvTime::NowNanos());
+      task.kind = seat->needs_open ? TaskKind::kOpen : TaskKind::kProduce;
       break;
     }
     if (task.kind == TaskKind::kNone) return task;
   }
-  task.seat->claimed = true;
-  ++active_calls_;
+  ClaimForWorker(&task);
   return task;
 }
 
@@ -460,7 +470,7 @@ void SourcePool::WorkerThread(int64_t rank) {
           HasWork(*follow_up)) {
         task.kind = TaskKind::kProduce;
         task.seat = follow_up;
-        ClaimProduce(&task);
+        ClaimForWorker(&task);
         continue;
       }
       Offer(follow_up, /*urgent=*/false);

@@ -369,8 +369,11 @@ class SourcePool : public StatsSource {
   }
   // Whether the memory budget alone would hold back a call on the seat.
   bool BudgetHolds(const Seat& seat) const TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Claims the seat of a worker's kProduce task for its call.
-  void ClaimProduce(Task* task) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Marks the seat taken by a call of `kind` and counts the call.
+  void ClaimSeat(Seat* seat, TaskKind kind) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Claims the seat of a worker's task: `ClaimSeat`, and what the pace and
+  // the memory budget note when a worker's open or call starts.
+  void ClaimForWorker(Task* task) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A call that started beyond the budget has returned: a sloppy wait's
   // sources it kept back may start theirs.
   void EndBeyondBudgetCall() TF_EXCLUSIVE_LOCKS_REQUIRED(mu_);

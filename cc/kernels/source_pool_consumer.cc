@@ -385,9 +385,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
     work_queue_.erase(std::find(work_queue_.begin(), work_queue_.end(), seat));
     seat->queued = false;
   }
-  seat->claimed = true;
-  ++active_calls_;
-  ++producing_;
+  ClaimSeat(seat, TaskKind::kProduce);
   Task task;
   task.kind = TaskKind::kProduce;
   task.seat = seat;
