@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import threading
-import time
 import types
 from typing import Callable, List, NamedTuple
 
@@ -13,7 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing
 
-from pipelines import STRIDE, sized_input, sized_map_func
+from pipelines import STRIDE, settled_thread_count, sized_input, sized_map_func
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
 
@@ -26,32 +23,14 @@ SETTLE_TIMEOUT_SECONDS = 30.0
 ITERATOR_COUNT = 200
 
 
-def _thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
 def _steady_thread_count() -> int:
     """The thread count once it has stopped changing (garbage collected between polls)."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
-    previous, unchanged_polls = -1, 0
-    while unchanged_polls < 10 and time.monotonic() < deadline:
-        gc.collect()
-        count = _thread_count()
-        unchanged_polls = unchanged_polls + 1 if count == previous else 0
-        previous = count
-        time.sleep(0.05)
-    return previous
+    return settled_thread_count(timeout=SETTLE_TIMEOUT_SECONDS, stable_polls=10)
 
 
 def _thread_count_falling_to(limit: int) -> int:
     """Polls until the thread count is at most ``limit``; returns the last count seen."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
-    while True:
-        gc.collect()
-        count = _thread_count()
-        if count <= limit or time.monotonic() > deadline:
-            return count
-        time.sleep(0.05)
+    return settled_thread_count(at_most=limit, timeout=SETTLE_TIMEOUT_SECONDS)
 
 
 def _drop(holder: List[object]) -> None:
