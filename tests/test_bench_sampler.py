@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import threading
+import time
 from types import ModuleType
 
 import pytest
@@ -16,6 +17,19 @@ def run_one() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def wait_until_gone_from_proc(threads: list[threading.Thread], timeout_seconds: float = 30.0) -> None:
+    """Waits until the kernel no longer lists the joined threads.
+
+    `join()` returns once the Python side of a thread is done; the OS thread can still be
+    listed in /proc/self/task for a moment after, and the sampler rightly counts it as left.
+    """
+    native_ids = {str(thread.native_id) for thread in threads}
+    deadline = time.monotonic() + timeout_seconds
+    while native_ids & set(os.listdir("/proc/self/task")):
+        assert time.monotonic() < deadline, f"threads {sorted(native_ids)} still listed after {timeout_seconds} s"
+        time.sleep(0.01)
 
 
 def test_sampler_counts_threads_started_alive_and_left(run_one: ModuleType) -> None:
@@ -36,6 +50,7 @@ def test_sampler_counts_threads_started_alive_and_left(run_one: ModuleType) -> N
         release.set()
         for thread in threads:
             thread.join()
+        wait_until_gone_from_proc(threads)
     assert sampler.result() == {"threads_started": 3, "threads_peak": 3, "threads_left": 0}
     later.join()
 
