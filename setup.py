@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.bdist_wheel import bdist_wheel
 from setuptools.command.build_ext import build_ext
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -123,7 +124,22 @@ class BuildOpLibrary(build_ext):
     subprocess.run(command, check=True)
 
 
+class PlatformWheel(bdist_wheel):
+  """Tags the wheel for its platform only, not for one Python release.
+
+  The op library links against TensorFlow, never against Python's C API, so
+  the same wheel serves every Python that the TensorFlow release supports;
+  which TensorFlow it fits is checked when the package is imported.
+  """
+
+  def get_tag(self) -> tuple:
+    _, _, platform = super().get_tag()
+    return "py3", "none", platform
+
+
 setup(
+    # The sources are compiled by BuildOpLibrary from cc/sources.bzl; the
+    # sdist carries them through MANIFEST.in.
     ext_modules=[Extension("tf_interleave._tf_interleave_ops", sources=[])],
-    cmdclass={"build_ext": BuildOpLibrary},
+    cmdclass={"build_ext": BuildOpLibrary, "bdist_wheel": PlatformWheel},
 )
