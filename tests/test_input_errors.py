@@ -205,6 +205,12 @@ BAD_VALUES = [
     (dict(produce_inline="no"), TypeError, ["produce_inline", "no"]),
     (dict(produce_inline=None), TypeError, ["produce_inline", "None"]),
     (dict(produce_inline=0), TypeError, ["produce_inline", "0"]),
+    # Too big for the op's int64 attrs: said so, not "must be >= ...".
+    (dict(input_retries=2**70), tf.errors.InvalidArgumentError, ["input_retries", "int64", str(2**70)]),
+    (dict(memory_budget_bytes=2**63), tf.errors.InvalidArgumentError,
+     ["memory_budget_bytes", "int64", str(2**63)]),
+    (dict(stall_warning_seconds=float("inf")), tf.errors.InvalidArgumentError,
+     ["stall_warning_seconds", "finite", "inf"]),
 ]
 
 

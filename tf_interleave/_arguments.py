@@ -12,7 +12,8 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import tensorflow as tf
 
-IntArgument = Union[int, tf.Tensor, tf.Variable]
+# Python and NumPy integers, 0-d integer arrays, integer scalar tensors.
+IntArgument = Union[int, np.integer, np.ndarray, tf.Tensor, tf.Variable]
 
 _INT64_MAX = np.iinfo(np.int64).max
 
@@ -21,7 +22,7 @@ def _invalid(message: str) -> tf.errors.InvalidArgumentError:
   return tf.errors.InvalidArgumentError(None, None, message)
 
 
-def is_python_int(value) -> bool:
+def is_python_int(value: Any) -> bool:
   """True for Python and NumPy integers (not bools)."""
   return (isinstance(value, numbers.Integral) and
           not isinstance(value, (bool, np.bool_)))
@@ -134,14 +135,16 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
     raise _invalid(f"`on_input_error` must be \"raise\" or \"skip\", got "
                    f"{on_input_error!r}.")
 
-  def optional_int(name: str, value, minimum: int, unset: int) -> int:
+  def optional_int(name: str, value: Any, minimum: int, unset: int) -> int:
     if value is None:
       return unset
     if not is_python_int(value):
       raise TypeError(f"`{name}` must be an int or None, got "
                       f"{type(value).__name__}: {value!r}.")
-    if value < minimum or value > _INT64_MAX:
+    if value < minimum:
       raise _invalid(f"`{name}` must be >= {minimum}, got {value}.")
+    if value > _INT64_MAX:
+      raise _invalid(f"`{name}` must fit in int64, got {value}.")
     return int(value)
 
   max_skipped = optional_int("max_skipped_inputs", max_skipped_inputs, 0, -1)
@@ -150,6 +153,7 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
                    f"on_input_error=\"skip\", got on_input_error="
                    f"{on_input_error!r} and max_skipped_inputs="
                    f"{max_skipped_inputs}.")
+  # None reads as "no retries", like the other optional counts' None.
   if input_retries is None:
     input_retries = 0
   retries = optional_int("input_retries", input_retries, 0, 0)
@@ -164,8 +168,8 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
                       f"{stall_warning_seconds!r}.")
     stall = float(stall_warning_seconds)
     if not stall > 0 or not np.isfinite(stall):
-      raise _invalid("`stall_warning_seconds` must be > 0, got "
-                     f"{stall_warning_seconds!r}.")
+      raise _invalid("`stall_warning_seconds` must be a finite number > 0, "
+                     f"got {stall_warning_seconds!r}.")
   if not isinstance(produce_inline, (bool, np.bool_)):
     raise TypeError("`produce_inline` must be True or False, got "
                     f"{type(produce_inline).__name__}: {produce_inline!r}.")
@@ -179,7 +183,7 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
   }
 
 
-def deterministic_attr(sloppy) -> str:
+def deterministic_attr(sloppy: Any) -> str:
   """Maps `sloppy` to the op's `deterministic` attr.
 
   Args:

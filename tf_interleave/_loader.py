@@ -92,5 +92,9 @@ def load() -> ModuleType:
 
 
 def library_path() -> Optional[str]:
-  """Returns the path the op library was loaded from (None before loading)."""
+  """The path the op library was loaded from.
+
+  Returns:
+    The path as a string, or None before the library is loaded.
+  """
   return _loaded_path

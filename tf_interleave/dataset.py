@@ -1,6 +1,6 @@
 """`ParallelInterleaveDataset`: the `tf.data.Dataset` wrapping the op."""
 
-from typing import Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import tensorflow as tf
 # `StructuredFunctionWrapper` traces `map_func` exactly like the built-in
@@ -46,10 +46,22 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
                *,
                on_input_error: str = "raise",
                max_skipped_inputs: Optional[int] = None,
-               input_retries: int = 0,
+               input_retries: Optional[int] = 0,
                memory_budget_bytes: Optional[int] = None,
                stall_warning_seconds: Optional[float] = None,
-               produce_inline: bool = True):
+               produce_inline: bool = True) -> None:
+    """Traces `map_func` and makes the op.
+
+    The arguments are those of `tf_interleave.parallel_interleave`, plus
+    `input_dataset` (the dataset of input elements) and `name` (an optional
+    name for the tf.data operation).
+
+    Raises:
+      ValueError: If `map_func` is not callable.
+      TypeError: If `map_func` does not return a `tf.data.Dataset`, or an
+        argument has the wrong type.
+      tf.errors.InvalidArgumentError: If an argument is out of range.
+    """
     # A 0-d NumPy array counts as its scalar, in every check below.
     cycle_length = _arguments.unwrapped(cycle_length)
     block_length = _arguments.unwrapped(block_length)
@@ -99,11 +111,11 @@ class ParallelInterleaveDataset(dataset_ops.UnaryDataset):
         **self._common_args)
     super().__init__(input_dataset, variant_tensor)
 
-  def _functions(self):
+  def _functions(self) -> List[structured_function.StructuredFunctionWrapper]:
     return [self._map_func]
 
   @property
-  def element_spec(self):
+  def element_spec(self) -> Any:
     return self._element_spec
 
   def _transformation_name(self) -> str:

@@ -18,7 +18,7 @@ def parallel_interleave(
     *,
     on_input_error: str = "raise",
     max_skipped_inputs: Optional[int] = None,
-    input_retries: int = 0,
+    input_retries: Optional[int] = 0,
     memory_budget_bytes: Optional[int] = None,
     stall_warning_seconds: Optional[float] = None,
     produce_inline: bool = True,
@@ -78,6 +78,7 @@ def parallel_interleave(
       failed input up to this many times (from the same input element, with
       exponential backoff from 50 ms), passing over the elements it already
       produced, so a transient read error changes nothing in the output.
+      Default 0 (None also means 0).
     memory_budget_bytes: (Keyword-only.) Bound on the bytes held in all
       buffers together; workers pause when it is reached. A buffer the
       consumer is waiting on may always take one element. Default: none.

@@ -50,6 +50,9 @@ def stats() -> List[Dict[str, Any]]:
     and the most recent finished ones) its `label` (the input element when
     it is a scalar string such as a file name, else `input #k`), `state`,
     `elements`, `bytes`, buffer fill, `consumer_wait_seconds` and `retries`.
+
+  Raises:
+    MemoryError: If the op library could not allocate the report.
   """
   library = _stats_library()
   pointer = library.TfInterleaveStatsJson()

@@ -40,11 +40,12 @@ absl::Status SourcePool::CheckArguments(int64_t cycle_length,
       "cycle_length=", cycle_length, ", block_length=", block_length,
       ", buffer_output_elements=", buffer_output_elements,
       ", prefetch_input_elements=", prefetch_input_elements,
-      ", sloppy=", sloppy != 0, ", but it is being restored into one with "
+      ", sloppy=", sloppy != 0 ? "True" : "False",
+      ", but it is being restored into one with "
       "cycle_length=", o.cycle_length, ", block_length=", o.block_length,
       ", buffer_output_elements=", o.buffer_output_elements,
       ", prefetch_input_elements=", o.prefetch_input_elements,
-      ", sloppy=", o.sloppy, "."));
+      ", sloppy=", o.sloppy ? "True" : "False", "."));
 }
 
 absl::Status SourcePool::WriteState(
@@ -185,11 +186,17 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
   input_ended_ = record.input_ended;
   if (sources_pulled_ != state.inputs_known ||
       input_ended_ != state.input_ended) {
-    return absl::DataLossError(
-        "tf_interleave checkpoint is inconsistent: input counters differ");
+    return absl::DataLossError(absl::StrCat(
+        "tf_interleave checkpoint is inconsistent: the pool pulled ",
+        sources_pulled_, " inputs (input ended: ",
+        input_ended_ ? "yes" : "no", ") but the scheduler knows ",
+        state.inputs_known, " (input ended: ",
+        state.input_ended ? "yes" : "no", ")"));
   }
   if (static_cast<int64_t>(record.skipped.size()) > sources_pulled_) {
-    return absl::DataLossError("tf_interleave checkpoint: bad skip count");
+    return absl::DataLossError(absl::StrCat(
+        "tf_interleave checkpoint lists ", record.skipped.size(),
+        " skipped inputs of only ", sources_pulled_, " pulled"));
   }
   if (static_cast<int64_t>(record.live.size()) > num_seats_) {
     return absl::DataLossError(absl::StrCat(
@@ -242,8 +249,9 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
     }
     if (seat->source < 0 || seat->source >= sources_pulled_ ||
         !seat_of_source_.emplace(seat->source, seat).second) {
-      return absl::DataLossError(
-          "tf_interleave checkpoint holds an invalid source");
+      return absl::DataLossError(absl::StrCat(
+          "tf_interleave checkpoint holds source ", seat->source,
+          " twice or outside the ", sources_pulled_, " inputs pulled"));
     }
   }
   // Every source the scheduler may ask about must be held by a seat: the
@@ -254,14 +262,15 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
     if (!seat_of_source_.contains(source) &&
         !std::binary_search(state.promoted.begin(), state.promoted.end(),
                             source)) {
-      return absl::DataLossError(
-          "tf_interleave checkpoint lacks a staged source");
+      return absl::DataLossError(absl::StrCat(
+          "tf_interleave checkpoint lacks staged source ", source));
     }
   }
   for (int64_t source : scheduler_.LiveSources()) {
     if (!seat_of_source_.contains(source)) {
-      return absl::DataLossError(
-          "tf_interleave checkpoint lacks a source of the cycle");
+      return absl::DataLossError(absl::StrCat(
+          "tf_interleave checkpoint lacks source ", source,
+          " of the cycle"));
     }
   }
   return absl::OkStatus();

@@ -10,6 +10,7 @@
 //       "finished".
 //   s.state() -> dict;  s.restore(dict) -> "" or what is wrong with it.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -102,11 +103,13 @@ PYBIND11_MODULE(scheduler_binding, m) {
       .def(py::init([](int64_t cycle_length, int64_t block_length,
                        bool sloppy) {
              if (cycle_length <= 0 || block_length <= 0) {
-               throw py::value_error("cycle_length and block_length must be "
-                                     "> 0");
+               throw py::value_error(
+                   "cycle_length and block_length must be > 0, got " +
+                   std::to_string(cycle_length) + " and " +
+                   std::to_string(block_length));
              }
-             return new InterleaveScheduler(cycle_length, block_length,
-                                            sloppy);
+             return std::make_unique<InterleaveScheduler>(
+                 cycle_length, block_length, sloppy);
            }),
            py::arg("cycle_length"), py::arg("block_length"),
            py::arg("sloppy"))
