@@ -237,6 +237,9 @@ class SourcePool : public StatsSource {
     bool listed = false;
     std::list<Seat*>::iterator at;
   };
+  // Every field of a Seat and of an IdleWorker is read and written under
+  // the pool's `mu_` (members of a nested struct cannot name it in
+  // TF_GUARDED_BY), except `iterator` and `input_element`: invariant 4.
   struct Seat {
     int64_t source = -1;        // The source this seat holds, or -1.
     std::string label;          // Names the source's input in stats and logs.
