@@ -10,7 +10,14 @@ PYTHON="${PYTHON:-python3}"
 TF_REQUIREMENT="${TF_REQUIREMENT:-tensorflow-cpu==2.21.0}"
 
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    # Debian and Ubuntu ship venv's pip bootstrap apart (python3-venv);
+    # virtualenv from PyPI needs only pip.
+    rm -rf "$VENV"
+    "$PYTHON" -m pip install --quiet --user virtualenv 2>/dev/null ||
+      "$PYTHON" -m pip install --quiet --user --break-system-packages virtualenv
+    "$PYTHON" -m virtualenv --quiet "$VENV"
+  fi
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
