@@ -15,8 +15,8 @@
 #include "tensorflow/core/platform/env_time.h"
 #include "tensorflow/core/platform/errors.h"
 #include "tensorflow/core/platform/logging.h"
-#include "tensorflow/core/profiler/lib/traceme.h"
-#include "tensorflow/core/profiler/lib/traceme_encode.h"
+#include "tsl/profiler/lib/traceme.h"
+#include "tsl/profiler/lib/traceme_encode.h"
 
 namespace tf_interleave {
 namespace {
@@ -27,8 +27,8 @@ using ::tensorflow::mutex_lock;
 using ::tensorflow::Tensor;
 using ::tensorflow::data::IteratorBase;
 using ::tensorflow::data::IteratorContext;
-using ::tensorflow::profiler::TraceMe;
-using ::tensorflow::profiler::TraceMeEncode;
+using ::tsl::profiler::TraceMe;
+using ::tsl::profiler::TraceMeEncode;
 
 // Retry delays stop doubling here.
 constexpr int64_t kMaxRetryBackoffMicros = 10 * 1000 * 1000;

@@ -141,13 +141,15 @@ void SourcePool::WaitAsConsumer(IteratorContext* ctx, StallClock* stall,
   if (until == 0) {
     consumer_cond_var_.wait(lock);
   } else {
-    const int64_t remaining = until - EnvTime::NowNanos();
+    const int64_t remaining =
+        until - static_cast<int64_t>(EnvTime::NowNanos());
     timed_out = remaining <= 0 ||
                 consumer_cond_var_.wait_for(
                     lock, std::chrono::nanoseconds(remaining)) ==
                     std::cv_status::timeout;
   }
-  if (timed_out && warn_at > 0 && EnvTime::NowNanos() >= warn_at &&
+  if (timed_out && warn_at > 0 &&
+      static_cast<int64_t>(EnvTime::NowNanos()) >= warn_at &&
       !cancelled_) {
     stall->warned = true;
     ++stall_warnings_;
