@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import pathlib
 import random
 import threading
 import time
@@ -438,3 +439,11 @@ def settled_thread_count(at_most: Optional[int] = None, timeout: float = 20.0, s
             return count
         previous = count
         time.sleep(0.05)
+
+
+def source_lists() -> Dict[str, Any]:
+    """The lists of `cc/sources.bzl` (Starlark that is also valid Python): what setup.py and Bazel build."""
+    namespace: Dict[str, Any] = {}
+    path = pathlib.Path(__file__).resolve().parents[1] / "cc" / "sources.bzl"
+    exec(compile(path.read_text(), "sources.bzl", "exec"), namespace)
+    return namespace

@@ -23,17 +23,12 @@ import tokenize
 
 import pytest
 import tensorflow as tf
+from pipelines import source_lists
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LIBRARY_PATH_ENV = "TF_INTERLEAVE_OPS_LIBRARY"
 OP_LIBRARY_TARGET = "tf_interleave/_tf_interleave_ops.so"
 
-
-def _sources():
-  namespace = {}
-  exec(compile((ROOT / "cc" / "sources.bzl").read_text(), "sources.bzl",
-               "exec"), namespace)
-  return namespace
 
 
 class _Package:
@@ -98,7 +93,7 @@ class _Package:
 
 @pytest.fixture(scope="module")
 def sources():
-  return _sources()
+  return source_lists()
 
 
 @pytest.fixture(scope="module")

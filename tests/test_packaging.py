@@ -12,6 +12,8 @@ import subprocess
 import sys
 import tarfile
 
+from pipelines import source_lists
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Build outputs and caches that a checkout may hold but an sdist never needs.
 _NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist",
@@ -19,12 +21,6 @@ _NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist",
                                       ".pytest_cache", ".hypothesis", "*.so",
                                       "*.o")
 
-
-def _sources():
-  namespace = {}
-  exec(compile((ROOT / "cc" / "sources.bzl").read_text(), "sources.bzl",
-               "exec"), namespace)
-  return namespace
 
 
 def _sdist_members(tmp_path: pathlib.Path) -> set:
@@ -41,7 +37,7 @@ def _sdist_members(tmp_path: pathlib.Path) -> set:
 
 def test_sdist_holds_everything_the_build_reads(tmp_path):
   members = _sdist_members(tmp_path)
-  lists = _sources()
+  lists = source_lists()
   needed = (["setup.py", "pyproject.toml", "LICENSE", "README.md",
              "cc/sources.bzl", "BUILD", "WORKSPACE"] +
             list(lists["OP_LIBRARY_SRCS"]) + list(lists["OP_LIBRARY_HDRS"]))

@@ -154,8 +154,6 @@ def extension_attrs(on_input_error: str, max_skipped_inputs: Optional[int],
                    f"{on_input_error!r} and max_skipped_inputs="
                    f"{max_skipped_inputs}.")
   # None reads as "no retries", like the other optional counts' None.
-  if input_retries is None:
-    input_retries = 0
   retries = optional_int("input_retries", input_retries, 0, 0)
   budget = optional_int("memory_budget_bytes", memory_budget_bytes, 1, 0)
   if stall_warning_seconds is None:
