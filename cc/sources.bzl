@@ -49,3 +49,9 @@ SCHEDULER_SRCS = [
 CPP_TEST_SRCS = SCHEDULER_SRCS + [
     "cc/kernels/thread_state.cc",
 ]
+
+# The C++ tests that need TensorFlow's framework library (tensors, the
+# iterator-state interfaces) link these, against the installed TensorFlow.
+CPP_TF_TEST_SRCS = [
+    "cc/kernels/checkpoint_io.cc",
+]

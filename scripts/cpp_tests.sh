@@ -2,28 +2,39 @@
 # Builds and runs the C++ tests of the scheduler, the source pace and the
 # thread-state probe (cc/tests/, no TensorFlow needed) three ways: plain
 # (-O2), under ThreadSanitizer, and under AddressSanitizer +
-# UndefinedBehaviorSanitizer.
+# UndefinedBehaviorSanitizer; and, as mode `tf`, the tests that link the
+# installed TensorFlow's framework library (the checkpoint records), plain.
+# (The op library itself runs under the sanitizers in scripts/asan_tests.sh.)
 # Fails on any failed check and on any sanitizer report.
 #
-# Usage: scripts/cpp_tests.sh [plain|tsan|asan ...]   (default: all three)
-# Environment: CXX (default g++), BUILD_DIR (default build/cpp_tests).
+# Usage: scripts/cpp_tests.sh [plain|tsan|asan|tf ...]   (default: all four)
+# Environment: CXX (default g++), BUILD_DIR (default build/cpp_tests),
+#   PY (mode tf: a Python with TensorFlow; default .venv/bin/python if
+#   present, else python3).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 CXX="${CXX:-g++}"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build/cpp_tests}"
 MODES=("$@")
-[ ${#MODES[@]} -gt 0 ] || MODES=(plain tsan asan)
+[ ${#MODES[@]} -gt 0 ] || MODES=(plain tsan asan tf)
 
-# The sources the tests link: the one list in cc/sources.bzl.
-mapfile -t TEST_SRCS < <(python3 - <<'EOF'
+# Prints one list of cc/sources.bzl, one path per line.
+source_list() {
+  python3 - "$1" <<'EOF'
+import sys
 scope = {}
 exec(open("cc/sources.bzl").read(), scope)
-print("\n".join(scope["CPP_TEST_SRCS"]))
+print("\n".join(scope[sys.argv[1]]))
 EOF
-)
+}
+
+# The sources the tests link: the lists in cc/sources.bzl.
+mapfile -t TEST_SRCS < <(source_list CPP_TEST_SRCS)
+mapfile -t TF_TEST_SRCS < <(source_list CPP_TF_TEST_SRCS)
 TESTS=(interleave_scheduler_test scheduler_threaded_test source_pace_test
        thread_state_test)
+TF_TESTS=(checkpoint_io_test)
 COMMON_FLAGS=(-std=c++17 -pthread -Wall -Wextra -I"$ROOT")
 
 mkdir -p "$BUILD_DIR"
@@ -64,8 +75,43 @@ run_tsan() {
   return 1
 }
 
+# Builds the TensorFlow-linked tests with tf.sysconfig's flags (and -w, as
+# the op library: the headers warn a lot) and runs them.
+build_and_run_tf() {
+  local py="${PY:-}"
+  if [ -z "$py" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then py="$ROOT/.venv/bin/python"; else py=python3; fi
+  fi
+  local flags
+  if ! flags="$(cd / && TF_CPP_MIN_LOG_LEVEL=3 "$py" -c '
+import tensorflow as tf
+print(" ".join(tf.sysconfig.get_compile_flags()))
+print(" ".join(tf.sysconfig.get_link_flags()))
+print(tf.sysconfig.get_lib())')"; then
+    echo "mode tf needs a Python with TensorFlow: $py has none (set PY)" >&2
+    return 1
+  fi
+  local compile link lib
+  { read -r compile; read -r link; read -r lib; } <<<"$flags"
+  local dir="$BUILD_DIR/tf"
+  mkdir -p "$dir"
+  for test in "${TF_TESTS[@]}"; do
+    # shellcheck disable=SC2086  # the flags are words
+    "$CXX" -O1 -w -pthread -I"$ROOT" $compile "cc/tests/$test.cc" \
+      "${TF_TEST_SRCS[@]}" -o "$dir/$test" $link -Wl,-rpath,"$lib"
+  done
+  for test in "${TF_TESTS[@]}"; do
+    echo "== tf: $test =="
+    TF_CPP_MIN_LOG_LEVEL=3 "$dir/$test"
+  done
+}
+
 build_and_run() {
   local mode="$1"
+  if [ "$mode" = tf ]; then
+    build_and_run_tf
+    return
+  fi
   local flags=()
   local runner=()
   case "$mode" in
@@ -86,7 +132,7 @@ build_and_run() {
       export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:${UBSAN_OPTIONS:-}"
       ;;
     *)
-      echo "unknown mode '$mode' (plain, tsan or asan)" >&2
+      echo "unknown mode '$mode' (plain, tsan, asan or tf)" >&2
       return 2
       ;;
   esac

@@ -189,7 +189,7 @@ def test_cc_package_exports_every_source(sources):
   package = _Package(ROOT / "cc" / "BUILD.bazel", {}, ROOT / "cc")
   exported = set(package.exports)
   for path in (sources["OP_LIBRARY_SRCS"] + sources["OP_LIBRARY_HDRS"] +
-               sources["CPP_TEST_SRCS"]):
+               sources["CPP_TEST_SRCS"] + sources["CPP_TF_TEST_SRCS"]):
     assert path.startswith("cc/"), path
     assert (ROOT / path).is_file(), f"{path} is listed but does not exist"
     assert path[len("cc/"):] in exported, f"cc/BUILD.bazel does not export {path}"

@@ -416,6 +416,22 @@ def test_restore_with_other_arguments_is_a_clear_error(tfi: types.ModuleType, tm
     assert _drain(matching) == expected[5:]
 
 
+@pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
+def test_checkpoint_of_the_builtin_is_refused_by_name(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
+    # A pipeline moved from the legacy op to tf_interleave cannot resume from the legacy op's
+    # checkpoint: the two keep different records. The restore says so instead of a missing key.
+    args = dict(cycle_length=2, block_length=2, sloppy=sloppy)
+    builtin = iter(sized_input(SIZES).apply(
+        tf.data.experimental.parallel_interleave(sized_map_func(SIZES), **args)))
+    _take(builtin, 3)
+    path = _save(builtin, str(tmp_path / "builtin"))
+    ours = iter(sized_input(SIZES).apply(tfi.parallel_interleave(sized_map_func(SIZES), **args)))
+    with pytest.raises(tf.errors.FailedPreconditionError,
+                       match=r"no tf_interleave checkpoint format under \S+TfInterleave\S*: it was "
+                             r"written by another op .*parallel_interleave"):
+        tf.train.Checkpoint(iterator=ours).read(path)
+
+
 # --- errors buffered but not yet delivered --------------------------------------------------------------
 
 # Nested element (i, j) is the string of STRIDE * i + j, except these, which fail `to_number`.

@@ -80,7 +80,7 @@ absl::Status CheckpointReader::Tensors(
   tensors->resize(size);
   for (int64_t i = 0; i < size; ++i) {
     TF_RETURN_IF_ERROR(reader_->ReadTensor(
-        ctx_->flr(), name_, absl::StrCat(key, ".", i), &(*tensors)[i]));
+        flr_, name_, absl::StrCat(key, ".", i), &(*tensors)[i]));
   }
   return absl::OkStatus();
 }
@@ -240,6 +240,7 @@ absl::Status CheckpointReader::Source(absl::string_view key, bool symbolic,
 }
 
 absl::Status CheckpointWriter::Pool(const PoolRecord& record) {
+  TF_RETURN_IF_ERROR(Int("format", kCheckpointFormat));
   TF_RETURN_IF_ERROR(Int("symbolic", record.symbolic));
   TF_RETURN_IF_ERROR(Int("cycle_length", record.cycle_length));
   TF_RETURN_IF_ERROR(Int("block_length", record.block_length));
@@ -269,7 +270,28 @@ absl::Status CheckpointWriter::Pool(const PoolRecord& record) {
   return absl::OkStatus();
 }
 
+absl::Status CheckpointReader::Format() {
+  if (!reader_->Contains(name_, "format")) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "The checkpoint holds no tf_interleave checkpoint format under ",
+        name_, ": it was written by another op in this position of the "
+        "pipeline (such as tf.data.experimental.parallel_interleave), or by "
+        "a tf_interleave build older than checkpoint format ",
+        kCheckpointFormat, ", which this build reads"));
+  }
+  int64_t format;
+  TF_RETURN_IF_ERROR(Int("format", &format));
+  if (format != kCheckpointFormat) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "The checkpoint was written in tf_interleave checkpoint format ",
+        format, "; this build reads format ", kCheckpointFormat,
+        " only: restore it with the tf_interleave version that wrote it"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckpointReader::Pool(PoolRecord* record) {
+  TF_RETURN_IF_ERROR(Format());
   int64_t value;
   TF_RETURN_IF_ERROR(Int("symbolic", &value));
   record->symbolic = value != 0;

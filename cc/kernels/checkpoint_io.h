@@ -18,6 +18,11 @@
 
 namespace tf_interleave {
 
+// The layout of the records below. Raised whenever a key is added, removed or
+// changes meaning: a build restores only checkpoints of its own format, and
+// says so, instead of misreading another layout or failing on a missing key.
+constexpr int64_t kCheckpointFormat = 1;
+
 // One open source in a checkpoint. A full checkpoint holds what the source
 // has produced; a symbolic one only its position, from which it is reopened.
 struct SourceRecord {
@@ -85,10 +90,12 @@ class CheckpointWriter {
 
 class CheckpointReader {
  public:
-  CheckpointReader(tensorflow::data::IteratorContext* ctx,
+  // `flr` restores the tensors that hold resources; may be null when none
+  // do.
+  CheckpointReader(tensorflow::FunctionLibraryRuntime* flr,
                    tensorflow::data::IteratorStateReader* reader,
                    std::string name)
-      : ctx_(ctx), reader_(reader), name_(std::move(name)) {}
+      : flr_(flr), reader_(reader), name_(std::move(name)) {}
 
   absl::Status Int(absl::string_view key, int64_t* value);
   absl::Status IntList(absl::string_view key, std::vector<int64_t>* values);
@@ -99,14 +106,16 @@ class CheckpointReader {
                         std::deque<BufferedElement>* elements);
   absl::Status Scheduler(absl::string_view key,
                          InterleaveScheduler::State* state);
+  // Fails with FailedPrecondition on a checkpoint of another format.
   absl::Status Pool(PoolRecord* record);
 
  private:
+  absl::Status Format();
   absl::Status Source(absl::string_view key, bool symbolic,
                       SourceRecord* record);
   absl::Status Error(absl::string_view key, absl::Status* status);
 
-  tensorflow::data::IteratorContext* const ctx_;
+  tensorflow::FunctionLibraryRuntime* const flr_;
   tensorflow::data::IteratorStateReader* const reader_;
   const std::string name_;
 };

@@ -172,7 +172,8 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
     return absl::OkStatus();
   }
   PoolRecord record;
-  TF_RETURN_IF_ERROR(CheckpointReader(ctx, reader, name).Pool(&record));
+  TF_RETURN_IF_ERROR(
+      CheckpointReader(ctx->flr(), reader, name).Pool(&record));
   TF_RETURN_IF_ERROR(CheckArguments(
       record.cycle_length, record.block_length, record.buffer_output_elements,
       record.prefetch_input_elements, record.sloppy));
