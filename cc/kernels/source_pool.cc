@@ -514,12 +514,9 @@ void SourcePool::LookAtInlineCall() {
   const int64_t call_start_nanos = inline_start_nanos_;
   const int64_t thread_id = inline_thread_id_;
   ThreadRunState seen;
-  {
-    // Without the lock: a consumer whose call has just ended would otherwise
-    // be found waiting for it.
-    ScopedUnlock unlock(&mu_);
-    seen = RunStateOf(thread_id);
-  }
+  // Without the lock: a consumer whose call has just ended would otherwise be
+  // found waiting for it.
+  WithoutLock(&mu_, [&seen, thread_id] { seen = RunStateOf(thread_id); });
   // The same call still runs (the clock reading tells calls apart).
   if (inline_start_nanos_ == call_start_nanos) inline_seen_ = seen;
 }

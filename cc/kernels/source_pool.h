@@ -165,18 +165,18 @@ struct SourcePoolCallbacks {
   std::function<void(Context* ctx)> record_stop;
 };
 
-// Releases a held mutex for the scope: a call to a nested iterator, or a
-// read of /proc, must not hold the pool's lock.
-class ScopedUnlock {
- public:
-  explicit ScopedUnlock(tensorflow::mutex* mu) : mu_(mu) { mu_->unlock(); }
-  ~ScopedUnlock() { mu_->lock(); }
-  ScopedUnlock(const ScopedUnlock&) = delete;
-  ScopedUnlock& operator=(const ScopedUnlock&) = delete;
-
- private:
-  tensorflow::mutex* const mu_;
-};
+// Runs `fn` with the held `*mu` released, then takes it again: a call to a
+// nested iterator, or a read of /proc, must not hold the pool's lock. The
+// thread-safety analysis checks `fn`'s body as running without the lock (a
+// scope object that unlocks would hide that), so it cannot touch state that
+// `*mu` guards.
+template <typename Fn>
+void WithoutLock(tensorflow::mutex* mu, Fn&& fn)
+    TF_EXCLUSIVE_LOCKS_REQUIRED(*mu) {
+  mu->unlock();
+  fn();
+  mu->lock();
+}
 
 class SourcePool : public StatsSource {
  public:

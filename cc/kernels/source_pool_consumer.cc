@@ -402,10 +402,8 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   // Make sure a worker watches this call (see `WaitAsIdleWorker`); once one
   // does, inline calls in a row need no wake-up.
   if (!watcher_ && !idle_workers_.empty()) WakeIdleWorker();
-  {
-    ScopedUnlock unlock(&mu_);
-    RunTask(&task, seat_ctx_.get());
-  }
+  IteratorContext* const ctx = seat_ctx_.get();
+  WithoutLock(&mu_, [this, &task, ctx] { RunTask(&task, ctx); });
   inline_start_nanos_ = 0;
   inline_stalled_ = false;
   if (task.status.ok() && !task.end) ++inline_elements_;
@@ -429,10 +427,7 @@ bool SourcePool::ProduceInline(Seat* seat, mutex_lock& lock) {
   FinishTask(&task, lock, &dropped);
   consumer_wait_ = ConsumerWait::kNone;
   if (task.follow_up != nullptr) Offer(task.follow_up, /*urgent=*/false);
-  if (dropped != nullptr) {
-    ScopedUnlock unlock(&mu_);
-    dropped.reset();
-  }
+  if (dropped != nullptr) WithoutLock(&mu_, [&dropped] { dropped.reset(); });
   return true;
 }
 
