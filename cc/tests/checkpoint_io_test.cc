@@ -6,6 +6,7 @@
 #include "cc/kernels/checkpoint_io.h"
 
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -39,24 +40,18 @@ class MemoryStore : public tensorflow::data::IteratorStateReader,
     return values_.count(KeyOf(name, key)) > 0;
   }
   absl::Status ReadScalar(absl::string_view key, int64_t* val) const override {
-    return ReadScalar(kName, key, val);
+    return Scalar(kName, key, val);
   }
   absl::Status ReadScalar(absl::string_view name, absl::string_view key,
                           int64_t* val) const override {
-    Tensor tensor;
-    TF_RETURN_IF_ERROR(Find(name, key, tensorflow::DT_INT64, &tensor));
-    *val = tensor.scalar<int64_t>()();
-    return absl::OkStatus();
+    return Scalar(name, key, val);
   }
   absl::Status ReadScalar(absl::string_view key, tstring* val) const override {
-    return ReadScalar(kName, key, val);
+    return Scalar(kName, key, val);
   }
   absl::Status ReadScalar(absl::string_view name, absl::string_view key,
                           tstring* val) const override {
-    Tensor tensor;
-    TF_RETURN_IF_ERROR(Find(name, key, tensorflow::DT_STRING, &tensor));
-    *val = tensor.scalar<tstring>()();
-    return absl::OkStatus();
+    return Scalar(name, key, val);
   }
   absl::Status ReadTensor(absl::string_view key, Tensor* val) const override {
     return ReadTensor(kName, key, val);
@@ -103,6 +98,16 @@ class MemoryStore : public tensorflow::data::IteratorStateReader,
   }
 
  private:
+  template <typename T>
+  absl::Status Scalar(absl::string_view name, absl::string_view key,
+                      T* val) const {
+    Tensor tensor;
+    TF_RETURN_IF_ERROR(
+        Find(name, key, tensorflow::DataTypeToEnum<T>::value, &tensor));
+    *val = tensor.scalar<T>()();
+    return absl::OkStatus();
+  }
+
   // `dtype` DT_INVALID: any type.
   absl::Status Find(absl::string_view name, absl::string_view key,
                     tensorflow::DataType dtype, Tensor* tensor) const {
@@ -261,6 +266,23 @@ absl::Status Read(MemoryStore* store, PoolRecord* record) {
   return CheckpointReader(/*flr=*/nullptr, store, kName).Pool(record);
 }
 
+// Writes FullRecord(), changes one record with `key` = `value` (or removes it
+// when `value` is absent), and reads it all back.
+absl::Status ReadAltered(absl::string_view key,
+                         std::optional<int64_t> value) {
+  MemoryStore store;
+  const absl::Status written = Write(FullRecord(), &store);
+  if (!written.ok()) return written;
+  const std::string full_key = MemoryStore::KeyOf(kName, key);
+  if (value.has_value()) {
+    store.values()[full_key] = Tensor(*value);
+  } else {
+    store.values().erase(full_key);
+  }
+  PoolRecord read;
+  return Read(&store, &read);
+}
+
 TEST(FullRecordReadsBackUnchanged) {
   const PoolRecord written = FullRecord();
   MemoryStore store;
@@ -310,12 +332,7 @@ TEST(EveryRecordIsUnderTheIteratorsName) {
 }
 
 TEST(OtherFormatIsRefusedAndNamed) {
-  MemoryStore store;
-  CHECK(Write(FullRecord(), &store).ok());
-  store.values()[MemoryStore::KeyOf(kName, "format")] =
-      Tensor(int64_t{kCheckpointFormat + 1});
-  PoolRecord read;
-  const absl::Status status = Read(&store, &read);
+  const absl::Status status = ReadAltered("format", kCheckpointFormat + 1);
   CHECK(absl::IsFailedPrecondition(status)) << " " << status;
   const std::string message(status.message());
   CHECK(absl::StrContains(
@@ -327,11 +344,7 @@ TEST(OtherFormatIsRefusedAndNamed) {
 }
 
 TEST(MissingFormatIsRefusedAndNamed) {
-  MemoryStore store;
-  CHECK(Write(FullRecord(), &store).ok());
-  store.values().erase(MemoryStore::KeyOf(kName, "format"));
-  PoolRecord read;
-  const absl::Status status = Read(&store, &read);
+  const absl::Status status = ReadAltered("format", std::nullopt);
   CHECK(absl::IsFailedPrecondition(status)) << " " << status;
   const std::string message(status.message());
   CHECK(absl::StrContains(message, "no tf_interleave checkpoint format"))
@@ -340,14 +353,10 @@ TEST(MissingFormatIsRefusedAndNamed) {
 }
 
 TEST(MissingRecordFailsAtThatRecord) {
-  MemoryStore store;
-  CHECK(Write(FullRecord(), &store).ok());
-  store.values().erase(MemoryStore::KeyOf(kName, "live.1.needs_open"));
-  PoolRecord read;
-  const absl::Status status = Read(&store, &read);
+  const absl::Status status = ReadAltered("live.1.needs_open", std::nullopt);
   CHECK(absl::IsNotFound(status)) << " " << status;
-  CHECK(absl::StrContains(status.message(), "live.1.needs_open")) << " "
-                                                                  << status;
+  CHECK(absl::StrContains(status.message(), "live.1.needs_open"))
+      << " " << status;
 }
 
 TEST(CorruptCountsAreDataLossNotAllocations) {
@@ -359,28 +368,19 @@ TEST(CorruptCountsAreDataLossNotAllocations) {
       {"live.0.input.size", int64_t{1} << 62},
   };
   for (const auto& [key, count] : corruptions) {
-    MemoryStore store;
-    CHECK(Write(FullRecord(), &store).ok());
-    store.values()[MemoryStore::KeyOf(kName, key)] = Tensor(count);
-    PoolRecord read;
-    const absl::Status status = Read(&store, &read);
+    const absl::Status status = ReadAltered(key, count);
     CHECK(absl::IsDataLoss(status)) << " " << key << ": " << status;
-    const std::string message(status.message());
-    CHECK(absl::StrContains(message, absl::StrCat(" = ", count)))
-        << " " << message;
+    CHECK(absl::StrContains(status.message(), absl::StrCat(" = ", count)))
+        << " " << status;
   }
 }
 
 TEST(TruncatedListFailsAtItsFirstMissingEntry) {
-  MemoryStore store;
-  CHECK(Write(FullRecord(), &store).ok());
   // Claims more open sources than were written.
-  store.values()[MemoryStore::KeyOf(kName, "live.size")] = Tensor(int64_t{3});
-  PoolRecord read;
-  const absl::Status status = Read(&store, &read);
+  const absl::Status status = ReadAltered("live.size", 3);
   CHECK(absl::IsNotFound(status)) << " " << status;
-  CHECK(absl::StrContains(status.message(), "live.2.source")) << " "
-                                                              << status;
+  CHECK(absl::StrContains(status.message(), "live.2.source"))
+      << " " << status;
 }
 
 }  // namespace
