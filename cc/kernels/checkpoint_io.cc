@@ -276,8 +276,8 @@ absl::Status CheckpointReader::Format() {
         "The checkpoint holds no tf_interleave checkpoint format under ",
         name_, ": it was written by another op in this position of the "
         "pipeline (such as tf.data.experimental.parallel_interleave), or by "
-        "a tf_interleave build older than checkpoint format ",
-        kCheckpointFormat, ", which this build reads"));
+        "a tf_interleave build that predates checkpoint formats (this build "
+        "reads format ", kCheckpointFormat, ")"));
   }
   int64_t format;
   TF_RETURN_IF_ERROR(Int("format", &format));
