@@ -416,20 +416,44 @@ def test_restore_with_other_arguments_is_a_clear_error(tfi: types.ModuleType, tm
     assert _drain(matching) == expected[5:]
 
 
+_NOT_OUR_RECORDS = (r"no tf_interleave checkpoint format under \S+TfInterleave\S*: it was written by "
+                    r"another op .*parallel_interleave")
+
+
 @pytest.mark.parametrize("sloppy", [False, True], ids=["deterministic", "sloppy"])
 def test_checkpoint_of_the_builtin_is_refused_by_name(tfi: types.ModuleType, tmp_path, sloppy: bool) -> None:
     # A pipeline moved from the legacy op to tf_interleave cannot resume from the legacy op's
     # checkpoint: the two keep different records. The restore says so instead of a missing key.
-    args = dict(cycle_length=2, block_length=2, sloppy=sloppy)
-    builtin = iter(sized_input(SIZES).apply(
-        tf.data.experimental.parallel_interleave(sized_map_func(SIZES), **args)))
+    config = CONFIGS[1]
+    builtin = iter(_sized_dataset(tf.data.experimental, config, sloppy))
     _take(builtin, 3)
     path = _save(builtin, str(tmp_path / "builtin"))
-    ours = iter(sized_input(SIZES).apply(tfi.parallel_interleave(sized_map_func(SIZES), **args)))
-    with pytest.raises(tf.errors.FailedPreconditionError,
-                       match=r"no tf_interleave checkpoint format under \S+TfInterleave\S*: it was "
-                             r"written by another op .*parallel_interleave"):
+    ours = iter(_sized_dataset(tfi, config, sloppy))
+    with pytest.raises(tf.errors.FailedPreconditionError, match=_NOT_OUR_RECORDS):
         tf.train.Checkpoint(iterator=ours).read(path)
+
+
+def test_builtin_state_is_refused_inside_tf_function(tfi: types.ModuleType) -> None:
+    config = CONFIGS[1]
+    builtin = iter(_sized_dataset(tf.data.experimental, config, False))
+    _take(builtin, 3)
+    state = tf.raw_ops.SerializeIterator(resource_handle=builtin._iterator_resource, external_state_policy=0)
+    ours = iter(_sized_dataset(tfi, config, False))
+
+    @tf.function
+    def restore(serialized):
+        tf.raw_ops.DeserializeIterator(resource_handle=ours._iterator_resource, serialized=serialized)
+
+    with pytest.raises(tf.errors.FailedPreconditionError, match=_NOT_OUR_RECORDS):
+        restore(state)
+
+
+def test_tf1_saver_refuses_a_builtin_checkpoint(tfi: types.ModuleType, tmp_path) -> None:
+    config = CONFIGS[1]
+    path = str(tmp_path / "tf1" / "model")
+    _graph_session_run(lambda: _sized_dataset(tf.data.experimental, config, False), path, 3)
+    with pytest.raises(tf.errors.FailedPreconditionError, match=_NOT_OUR_RECORDS):
+        _graph_session_run(lambda: _sized_dataset(tfi, config, False), path, None)
 
 
 # --- errors buffered but not yet delivered --------------------------------------------------------------
