@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import STRIDE, Failure, collect, collect_in_mode, collect_with_errors, nested_values, \
-    run_session_until_end, sized_input, sized_map_func
+from pipelines import STRIDE, Failure, builtin_order_matches, collect, collect_in_mode, collect_with_errors, \
+    nested_values, run_session_until_end, sized_input, sized_map_func
 from reference_model import interleave_order
 
 pytestmark = pytest.mark.usefixtures("hang_guard")
@@ -241,6 +241,12 @@ def _parsing_map_func(texts: List[List[str]]) -> Callable[[tf.Tensor], tf.data.D
     return map_func
 
 
+def _assert_builtin_order(theirs: tf.data.Dataset, expected: List[Any], block_length: int) -> None:
+    """The built-in op delivers the same elements and errors in the same order (SPEC section 2)."""
+    matched, observed = builtin_order_matches(theirs, expected, block_length)
+    assert matched, f"model {expected} vs built-in runs {observed}"
+
+
 def _model_nested(texts: List[List[str]]) -> List[List[Any]]:
     return [[INVALID if text == "bad" else int(text) for text in row] for row in texts]
 
@@ -264,9 +270,8 @@ def test_nested_error_delivered_in_place(tfi: types.ModuleType, builtin_interlea
     kwargs = dict(cycle_length=cycle_length, block_length=block_length, prefetch_input_elements=prefetch)
     ours = sized_input(sizes).apply(tfi.parallel_interleave(_parsing_map_func(texts), **kwargs))
     assert collect_with_errors(ours) == expected
-    if block_length == 1:
-        theirs = sized_input(sizes).apply(builtin_interleave(_parsing_map_func(texts), **kwargs))
-        assert collect_with_errors(theirs) == expected
+    theirs = sized_input(sizes).apply(builtin_interleave(_parsing_map_func(texts), **kwargs))
+    _assert_builtin_order(theirs, expected, block_length)
 
 
 @pytest.mark.parametrize("sizes, bad, cycle_length, prefetch", NESTED_ERROR_CASES)
@@ -313,6 +318,7 @@ def _map_func_failing_for(sizes: Sequence[int], failing: FrozenSet[int]) -> Call
     pytest.param((2, 2, 2, 2, 2), {2}, 2, 0, id="refill"),
     pytest.param((2, 2, 2, 2, 2), {0}, 2, None, id="first"),
     pytest.param((3, 1, 2, 2, 4, 1), {1, 4, 5}, 3, 1, id="several"),
+    pytest.param((4, 4, 2, 1), {0, 1}, 4, None, id="first-two-of-the-cycle"),
 ])
 @pytest.mark.parametrize("block_length", [1, 3])
 def test_map_func_error_delivered_in_place(tfi: types.ModuleType, builtin_interleave: Callable,
@@ -322,9 +328,8 @@ def test_map_func_error_delivered_in_place(tfi: types.ModuleType, builtin_interl
     kwargs = dict(cycle_length=cycle_length, block_length=block_length, prefetch_input_elements=prefetch)
     map_func = _map_func_failing_for(sizes, frozenset(failing))
     assert collect_with_errors(sized_input(sizes).apply(tfi.parallel_interleave(map_func, **kwargs))) == expected
-    if block_length == 1:
-        theirs = sized_input(sizes).apply(builtin_interleave(map_func, **kwargs))
-        assert collect_with_errors(theirs) == expected
+    theirs = sized_input(sizes).apply(builtin_interleave(map_func, **kwargs))
+    _assert_builtin_order(theirs, expected, block_length)
 
 
 def _failing_input(sizes: Sequence[int], failing: FrozenSet[int]) -> tf.data.Dataset:
@@ -348,9 +353,8 @@ def test_input_error_delivered_in_place(tfi: types.ModuleType, builtin_interleav
     input_dataset = _failing_input(sizes, frozenset(failing))
     ours = input_dataset.apply(tfi.parallel_interleave(sized_map_func(sizes), **kwargs))
     assert collect_with_errors(ours) == expected
-    if block_length == 1:
-        theirs = input_dataset.apply(builtin_interleave(sized_map_func(sizes), **kwargs))
-        assert collect_with_errors(theirs) == expected
+    theirs = input_dataset.apply(builtin_interleave(sized_map_func(sizes), **kwargs))
+    _assert_builtin_order(theirs, expected, block_length)
 
 
 def test_errors_in_graph_mode(tfi: types.ModuleType) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import pytest
 import tensorflow as tf
 
-from pipelines import MAX_STEPS, STRIDE, nested_values, sized_map_func, to_python, bounded as _bounded, SLOPPY_MODES
+from pipelines import MAX_STEPS, STRIDE, Failure, drain_iterator, nested_values, sized_map_func, to_python, \
+    bounded as _bounded, SLOPPY_MODES
 from reference_model import interleave_order
 
 TIMEOUT_SECONDS = 90.0
@@ -250,6 +251,65 @@ def test_exactly_once_with_skipped_inputs(tfi: types.ModuleType, sloppy: bool, t
         check_rest(sloppy, expected, whole, [], "uninterrupted run")
         for position, (path, taken) in saved.items():
             check_rest(sloppy, expected, taken, restore_and_drain(make, path), f"restored at position {position}")
+
+    bounded(go)
+
+
+def _next_or_failure(iterator) -> Any:
+    """The next element, or a ``Failure`` for an error delivered in its place."""
+    try:
+        return value_of(next(iterator))
+    except tf.errors.OpError as error:
+        return Failure(type(error).__name__)
+
+
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
+def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy: bool, tmp_path: Any) -> None:
+    """Errors of nested datasets stay at their place across a restore, and every element comes once.
+
+    Saved right after an error, the restore delivers that error once more before the rest:
+    TensorFlow keeps no symbolic state from a call that fails (its ``map`` replays an error the
+    same way), so that checkpoint is the one of the call before.
+    """
+    sizes = (4, 3, 5, 2, 3)
+    bad_at = (1, None, 3, 0, 2)
+    size_list, bad_list = list(sizes), [-1 if bad is None else bad for bad in bad_at]
+
+    def map_func(index: tf.Tensor) -> tf.data.Dataset:
+        size = tf.gather(tf.constant(size_list, tf.int64), index)
+        bad = tf.gather(tf.constant(bad_list, tf.int64), index)
+        base = tf.constant(STRIDE, tf.int64) * index
+        return tf.data.Dataset.range(base, base + size).map(lambda value: tf.strings.to_number(
+            tf.where(tf.equal(value - base, bad), tf.constant("bad"), tf.strings.as_string(value)), tf.int64))
+
+    def make() -> tf.data.Dataset:
+        return with_options(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
+            map_func, cycle_length=2, block_length=2, sloppy=sloppy, prefetch_input_elements=1)), symbolic=True)
+
+    failure = Failure("InvalidArgumentError")
+    nested = [[failure if offset == bad else STRIDE * index + offset for offset in range(size)]
+              for index, (size, bad) in enumerate(zip(sizes, bad_at))]
+    expected = interleave_order(nested, 2, 2, 1, None)
+
+    def go() -> None:
+        iterator = iter(make())
+        whole: List[Any] = []
+        saved = []
+        for position in range(len(expected) + 1):
+            saved.append((save(iterator, str(tmp_path / f"at{position}" / "ckpt")), list(whole)))
+            if position < len(expected):
+                whole.append(_next_or_failure(iterator))
+        assert drain_iterator(iterator) == [], "iterator went on past the expected elements"
+        check_rest(sloppy, expected, whole, [], "uninterrupted run")
+        for path, taken in saved:
+            replayed = [taken[-1]] if taken and taken[-1] == failure else []
+            restored = iter(make())
+            restore(restored, path)
+            rest = drain_iterator(restored)
+            if sloppy:
+                assert collections.Counter(taken + rest) == collections.Counter(expected + replayed), len(taken)
+            else:
+                assert rest == replayed + whole[len(taken):], f"restored after {len(taken)} elements"
 
     bounded(go)
 
