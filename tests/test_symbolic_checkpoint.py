@@ -263,33 +263,74 @@ def _next_or_failure(iterator) -> Any:
         return Failure(type(error).__name__)
 
 
-@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
-def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy: bool, tmp_path: Any) -> None:
-    """Errors of nested datasets stay at their place across a restore, and every element comes once.
+def _trailing_failures(values: List[Any]) -> List[Any]:
+    """The errors delivered since the last element of ``values``."""
+    count = 0
+    while count < len(values) and isinstance(values[-1 - count], Failure):
+        count += 1
+    return values[len(values) - count:]
 
-    Saved right after an error, the restore delivers that error once more before the rest:
-    TensorFlow keeps no symbolic state from a call that fails (its ``map`` replays an error the
-    same way), so that checkpoint is the one of the call before.
+
+def _parsed(texts: tf.Tensor) -> tf.Tensor:
+    """``texts`` as int64; a parse error (InvalidArgumentError) for the text "bad"."""
+    return tf.strings.to_number(texts, tf.int64)
+
+
+def _failing_dataset(sizes: Sequence[int], bad_at: Sequence[Optional[int]], where: str
+                     ) -> Tuple[tf.data.Dataset, Callable[[tf.Tensor], tf.data.Dataset]]:
+    """An input and a ``map_func`` over nested datasets of ``sizes``, failing where ``bad_at`` says.
+
+    ``where="nested"``: element ``bad_at[i]`` of nested dataset ``i`` fails; ``"map_func"``:
+    ``map_func`` fails for the inputs ``i`` with ``bad_at[i] == 0``; ``"input"``: so does input
+    element ``i`` itself. The failures are stateless parse errors, so a restore can make them again.
     """
-    sizes = (4, 3, 5, 2, 3)
-    bad_at = (1, None, 3, 0, 2)
-    size_list, bad_list = list(sizes), [-1 if bad is None else bad for bad in bad_at]
+    count = len(sizes)
+    fails_whole = [bad == 0 for bad in bad_at]
+    inputs = tf.data.Dataset.range(count)
+    if where == "input":
+        inputs = inputs.map(lambda index: _parsed(tf.where(tf.gather(tf.constant(fails_whole), index),
+                                                           tf.constant("bad"), tf.strings.as_string(index))))
+    size_texts = ["bad" if where == "map_func" and fails else str(size) for size, fails in zip(sizes, fails_whole)]
+    bad_list = [-1 if bad is None or where != "nested" else bad for bad in bad_at]
 
     def map_func(index: tf.Tensor) -> tf.data.Dataset:
-        size = tf.gather(tf.constant(size_list, tf.int64), index)
+        size = _parsed(tf.gather(tf.constant(size_texts), index))
         bad = tf.gather(tf.constant(bad_list, tf.int64), index)
         base = tf.constant(STRIDE, tf.int64) * index
-        return tf.data.Dataset.range(base, base + size).map(lambda value: tf.strings.to_number(
-            tf.where(tf.equal(value - base, bad), tf.constant("bad"), tf.strings.as_string(value)), tf.int64))
+        return tf.data.Dataset.range(base, base + size).map(lambda value: _parsed(
+            tf.where(tf.equal(value - base, bad), tf.constant("bad"), tf.strings.as_string(value))))
+
+    return inputs, map_func
+
+
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
+@pytest.mark.parametrize("where", ["nested", "map_func", "input"])
+@pytest.mark.parametrize("config", [(2, 2, 1), (3, 1, 0)], ids=lambda c: "c{}_b{}_p{}".format(*c))
+def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy: bool, where: str,
+                                                   config: Tuple[int, int, int], tmp_path: Any) -> None:
+    """Errors stay at their place across a restore, and every element and error comes once.
+
+    Saved right after errors, the restore delivers the errors since the last element once more
+    before the rest: TensorFlow keeps no symbolic state from a call that fails (its ``map``
+    replays an error the same way), so that checkpoint is the one of the last element.
+    """
+    sizes = (4, 3, 5, 2, 3)
+    bad_at = (1, None, 0, 0, 2) if where == "nested" else (None, 0, None, 0, None)
+    inputs, map_func = _failing_dataset(sizes, bad_at, where)
 
     def make() -> tf.data.Dataset:
-        return with_options(tf.data.Dataset.range(len(sizes)).apply(tfi.parallel_interleave(
-            map_func, cycle_length=2, block_length=2, sloppy=sloppy, prefetch_input_elements=1)), symbolic=True)
+        return with_options(inputs.apply(tfi.parallel_interleave(
+            map_func, cycle_length, block_length, sloppy=sloppy, prefetch_input_elements=prefetch)), symbolic=True)
 
+    cycle_length, block_length, prefetch = config
     failure = Failure("InvalidArgumentError")
-    nested = [[failure if offset == bad else STRIDE * index + offset for offset in range(size)]
-              for index, (size, bad) in enumerate(zip(sizes, bad_at))]
-    expected = interleave_order(nested, 2, 2, 1, None)
+    if where == "nested":
+        nested = [[failure if offset == bad else STRIDE * index + offset for offset in range(size)]
+                  for index, (size, bad) in enumerate(zip(sizes, bad_at))]
+    else:
+        nested = [[failure] if bad == 0 else [STRIDE * index + offset for offset in range(size)]
+                  for index, (size, bad) in enumerate(zip(sizes, bad_at))]
+    expected = interleave_order(nested, cycle_length, block_length, prefetch, None)
 
     def go() -> None:
         iterator = iter(make())
@@ -302,7 +343,7 @@ def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy
         assert drain_iterator(iterator) == [], "iterator went on past the expected elements"
         check_rest(sloppy, expected, whole, [], "uninterrupted run")
         for path, taken in saved:
-            replayed = [taken[-1]] if taken and taken[-1] == failure else []
+            replayed = _trailing_failures(taken)
             restored = iter(make())
             restore(restored, path)
             rest = drain_iterator(restored)

@@ -39,7 +39,7 @@ struct SourceRecord {
   bool open = false;  // Its nested iterator's state is saved too.
   // Symbolic checkpoints.
   int64_t delivered = 0;
-  int64_t stop_at = -1;       // Where a skipped source stops again.
+  int64_t stop_at = -1;       // Where a source that ended stops again.
   bool input_failed = false;  // Pulling its input element failed,
   absl::Status input_error;   // with this error, still to be delivered.
 };

@@ -710,7 +710,7 @@ void SourcePool::FinishTask(Task* task, mutex_lock& lock,
         seat->claimed = false;
         if (!pushed) return;
         if (seat->stop_at >= 0 && seat->produced >= seat->stop_at) {
-          EndSource(seat, dropped);  // Where a skipped source stopped before.
+          EndSource(seat, dropped);  // Where it ended before a restore.
           return;
         }
         // The worker goes on filling this buffer (see `WorkerThread`), so a

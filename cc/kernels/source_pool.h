@@ -248,7 +248,7 @@ class SourcePool : public StatsSource {
     bool skipped = false;       // The source ended on a skipped error.
     absl::Status skip_error;    // That error; counted when the consumer
                                 // reaches the end of the source.
-    // After a symbolic restore of a skipped source: where it stops again.
+    // After a symbolic restore of a source that had ended: where it stops.
     int64_t stop_at = -1;
     absl::Status input_error;   // Pulling the input element failed.
     // Who produces the source's elements, and when (see source_pace.h).

@@ -91,11 +91,12 @@ SourceRecord SourcePool::RecordOf(const Seat& seat, bool symbolic) const {
   record.skipped = seat.skipped;
   if (seat.skipped) record.skip_error = seat.skip_error;
   if (symbolic) {
-    // A position: the source is reopened and skips what it delivered; a
-    // skipped source stops again where it failed. A failed input pull
-    // cannot be repeated, so its error is kept instead.
+    // A position: the source is reopened and skips what it delivered; one
+    // that ended (a skipped error or a failed open included) stops again
+    // where it ended, so a delivered open error is not made again. A failed
+    // input pull cannot be repeated, so its error is kept instead.
     record.delivered = seat.delivered;
-    record.stop_at = seat.skipped ? seat.produced : -1;
+    record.stop_at = seat.skipped || seat.source_ended ? seat.produced : -1;
     record.input_failed = !seat.input_error.ok();
     if (record.input_failed && seat.delivered == 0) {
       record.input_error = seat.input_error;
@@ -225,13 +226,18 @@ absl::Status SourcePool::Restore(IteratorContext* ctx,
     if (record.symbolic) {
       seat->delivered = seat->produced = saved.delivered;
       seat->stop_at = saved.stop_at;
+      // Kept for a later checkpoint of this seat.
+      seat->input_error = saved.input_error;
       if (!saved.input_error.ok()) {
         seat->buffer.push_back(BufferedElement{saved.input_error, {}, 0});
+        ++seat->produced;
       }
+      // A source whose input pull failed has nothing to open, delivered
+      // or not.
       seat->source_ended =
-          (seat->skipped && seat->delivered >= seat->stop_at) ||
-          (saved.input_failed && seat->buffer.empty());
-      seat->needs_open = !seat->source_ended && !saved.input_failed;
+          saved.input_failed ||
+          (seat->stop_at >= 0 && seat->produced >= seat->stop_at);
+      seat->needs_open = !seat->source_ended;
     } else {
       seat->source_ended = saved.ended;
       seat->needs_open = saved.needs_open;
