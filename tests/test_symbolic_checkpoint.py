@@ -318,11 +318,12 @@ def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy
     bad_at = (1, None, 0, 0, 2) if where == "nested" else (None, 0, None, 0, None)
     inputs, map_func = _failing_dataset(sizes, bad_at, where)
 
+    cycle_length, block_length, prefetch = config
+
     def make() -> tf.data.Dataset:
         return with_options(inputs.apply(tfi.parallel_interleave(
             map_func, cycle_length, block_length, sloppy=sloppy, prefetch_input_elements=prefetch)), symbolic=True)
 
-    cycle_length, block_length, prefetch = config
     failure = Failure("InvalidArgumentError")
     if where == "nested":
         nested = [[failure if offset == bad else STRIDE * index + offset for offset in range(size)]
@@ -351,6 +352,57 @@ def test_delivered_errors_across_symbolic_restores(tfi: types.ModuleType, sloppy
                 assert collections.Counter(taken + rest) == collections.Counter(expected + replayed), len(taken)
             else:
                 assert rest == replayed + whole[len(taken):], f"restored after {len(taken)} elements"
+
+    bounded(go)
+
+
+@pytest.mark.parametrize("sloppy", SLOPPY_MODES)
+@pytest.mark.parametrize("symbolic", [False, True], ids=["full", "symbolic"])
+def test_exactly_once_after_retried_opens(tfi: types.ModuleType, sloppy: bool, symbolic: bool, tmp_path: Any) -> None:
+    """Inputs whose first open failed and was retried (``input_retries``) restore like the others."""
+    line_counts = [3, 5, 2, 4, 6]
+    late = {1, 3}  # These files appear when map_func runs for them a second time.
+    names = [str(tmp_path / f"shard-{index}.txt") for index in range(len(line_counts))]
+    nested = [[f"shard{index}-line{line}".encode() for line in range(count)]
+              for index, count in enumerate(line_counts)]
+
+    def write(index: int) -> None:
+        with open(names[index], "wb") as file:
+            file.write(b"".join(line + b"\n" for line in nested[index]))
+
+    for index in range(len(names)):
+        if index not in late:
+            write(index)
+    calls: collections.Counter = collections.Counter()
+    lock = threading.Lock()
+
+    def arrive(name: tf.Tensor) -> tf.Tensor:
+        index = names.index(name.numpy().decode())
+        with lock:
+            calls[index] += 1
+            if calls[index] == 2 and index in late:
+                write(index)
+        return name
+
+    def map_func(name: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TextLineDataset(tf.ensure_shape(tf.py_function(arrive, [name], tf.string), []))
+
+    def make() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices(names).apply(tfi.parallel_interleave(
+            map_func, cycle_length=2, block_length=2, sloppy=sloppy, prefetch_input_elements=1, input_retries=2))
+        options = tf.data.Options()
+        # The Python function that makes the files appear is state outside the pipeline.
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+        return with_options(dataset.with_options(options), symbolic=symbolic)
+
+    expected = interleave_order(nested, 2, 2, 1, None)
+
+    def go() -> None:
+        whole, saved = save_everywhere(make, range(len(expected) + 1), str(tmp_path / "ckpt"))
+        assert all(calls[index] == 2 for index in late), f"the late files were not retried: {calls}"
+        check_rest(sloppy, expected, whole, [], "uninterrupted run")
+        for position, (path, taken) in saved.items():
+            check_rest(sloppy, expected, taken, restore_and_drain(make, path), f"restored at position {position}")
 
     bounded(go)
 
